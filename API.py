@@ -1,0 +1,199 @@
+"""The HTTP service: an OpenClone-compatible background remover on port 5002.
+
+Development:  python API.py
+Production:   gunicorn -c gunicorn_conf.py   (what the Dockerfile runs)
+
+`create_app` is an application factory: it reads the settings, loads the model once for this
+process (a gunicorn worker, after fork), starts its warm-up, and returns the app. Routes stay thin:
+validate the request, call the core (bgservice), return JSON. Every error becomes
+{"error": "<plain message>"} with its status code in one place, `_register_error_handlers`.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from bgservice.errors import BadRequest, ServiceError
+from bgservice.paths import SharedRoot
+from bgservice.pipeline import BackgroundRemover
+from GlobalVariables import Settings, SettingsError, configure_logging
+from u2net.registry import UnknownModel
+from u2net.runtime import ModelRuntime
+from u2net.weights import WeightsError
+
+log = logging.getLogger("u2net_service.api")
+
+REMOVE_FIELDS = ("sourceImagePath", "outputImagePath", "threshold")
+MAX_JSON_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    settings: Settings
+    root: SharedRoot
+    runtime: ModelRuntime
+    remover: BackgroundRemover
+
+
+def open_shared_root(settings: Settings) -> SharedRoot:
+    """The shared filesystem root; a local folder (created, and logged) when the variable is unset."""
+    if not settings.fs_root_from_env:
+        settings.fs_root.mkdir(parents=True, exist_ok=True)
+        log.warning("OpenClone_OpenCloneFS is not set; using the local folder %s", settings.fs_root)
+    elif not settings.fs_root.is_dir():
+        raise SettingsError(f"OpenClone_OpenCloneFS={settings.fs_root} is not a directory")
+    root = SharedRoot(settings.fs_root)
+    log.info("shared filesystem root: %s", root.root)
+    return root
+
+
+def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = None,
+               *, warm_up_in_background: bool = True) -> Flask:
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+    root = open_shared_root(settings)
+    if runtime is None:
+        try:
+            runtime = ModelRuntime.load(settings.runtime_options())
+        except (WeightsError, UnknownModel) as exc:
+            log.error("refusing to start: %s", exc)
+            raise
+        runtime.start(background=warm_up_in_background)
+    remover = BackgroundRemover(runtime, max_image_pixels=settings.max_image_pixels,
+                                max_source_bytes=settings.max_source_bytes,
+                                request_timeout_s=settings.request_timeout_s)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BYTES
+    app.json.sort_keys = False
+    app.extensions["u2net"] = ServiceState(settings, root, runtime, remover)
+    _register_routes(app)
+    _register_error_handlers(app)
+    _register_request_log(app)
+    return app
+
+
+def _state() -> ServiceState:
+    from flask import current_app
+
+    return current_app.extensions["u2net"]
+
+
+# -- request validation -------------------------------------------------------------------------
+
+def _json_object() -> dict:
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest('the request body must be a JSON object like {"sourceImagePath": '
+                         '"/in.png", "outputImagePath": "/out.png", "threshold": 200}')
+    return body
+
+
+def _threshold(body: dict, default: int) -> int:
+    value = body.get("threshold")
+    if value is None:
+        return default
+    # bool is a subclass of int in Python: reject it explicitly ("threshold": true is a mistake).
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise BadRequest(f"'threshold' must be an integer from 0 to 255, got {value!r}"[:200])
+    return value
+
+
+def _parse_remove_request(body: dict, default_threshold: int) -> tuple[str, str, int]:
+    unknown = sorted(set(body) - set(REMOVE_FIELDS))
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                         f"expected {', '.join(REMOVE_FIELDS)}"[:300])
+    for name in REMOVE_FIELDS[:2]:
+        if name not in body:
+            raise BadRequest(f"'{name}' is required")
+    return body["sourceImagePath"], body["outputImagePath"], _threshold(body, default_threshold)
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+def _register_routes(app: Flask) -> None:
+    @app.get("/health")
+    def health():
+        """The process is alive (not necessarily ready)."""
+        return jsonify(status="ok")
+
+    @app.get("/ready")
+    def ready():
+        """200 once the model is loaded and warm; 503 with Retry-After until then."""
+        state = _state()
+        state.remover.check_ready()
+        return jsonify(ready=True, model=state.runtime.spec.name)
+
+    @app.get("/model-info")
+    def model_info():
+        return jsonify(_state().runtime.info())
+
+    @app.post("/remove-background")
+    def remove_background():
+        state = _state()
+        source, output, threshold = _parse_remove_request(_json_object(),
+                                                          state.settings.default_threshold)
+        result = state.remover.remove_paths(state.root, source, output, threshold)
+        return jsonify(result)
+
+
+# -- errors and logging -------------------------------------------------------------------------
+
+def _error(message: str, status: int, retry_after: int | None = None):
+    response = jsonify(error=message)
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError):
+        return _error(exc.message, exc.status, exc.retry_after)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        # Flask's own 404 / 405 / 413, as JSON like everything else.
+        return _error(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _error("internal error; the service log has the details", 500)
+
+
+def _register_request_log(app: Flask) -> None:
+    @app.before_request
+    def start_timer():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def log_request(response):
+        if request.path not in ("/health", "/ready"):
+            elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+            log.info("%s %s -> %d in %.0f ms", request.method, request.path,
+                     response.status_code, elapsed)
+        return response
+
+
+def main() -> int:
+    """Development server: `python API.py` (production runs gunicorn; see gunicorn_conf.py)."""
+    try:
+        settings = Settings.from_env()
+        app = create_app(settings)
+    except (SettingsError, WeightsError, UnknownModel, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app.run(host="0.0.0.0", port=settings.port, threaded=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

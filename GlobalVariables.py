@@ -1,0 +1,134 @@
+"""Settings from the environment, read once into one immutable object; and logging.
+
+Every knob of the service is here, with its environment variable and default. Code receives a
+`Settings` instance rather than reading `os.environ`, so a test can build an app with its own.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+log = logging.getLogger("u2net_service")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Shared filesystem root that request paths are relative to (OpenClone_OpenCloneFS).
+    fs_root: Path = PROJECT_ROOT / "OpenCloneFS"
+    fs_root_from_env: bool = False
+    # Model and weights (U2NET_MODEL, U2NET_MODELS_DIR, U2NET_WEIGHTS).
+    model: str = "u2net_human_seg"
+    models_dir: Path = PROJECT_ROOT / "saved_models"
+    weights: Path | None = None
+    # Where and how the network runs (U2NET_DEVICE: auto|cpu|cuda|cuda:N; U2NET_PRECISION).
+    device: str = "auto"
+    precision: str = "fp32"
+    # Dynamic batching (U2NET_MAX_BATCH, U2NET_BATCH_WAIT_MS) and the bound on waiting work
+    # (U2NET_MAX_QUEUE); beyond it requests get 503 with Retry-After.
+    max_batch: int = 8
+    batch_wait_ms: float = 5.0
+    max_queue: int = 32
+    # A request waits at most this long for the network (U2NET_REQUEST_TIMEOUT_S): below the
+    # website's 100 s HTTP timeout so it gets our 503 rather than its own timeout.
+    request_timeout_s: float = 90.0
+    # Untrusted input limits: pixels checked from the header before decoding (MAX_IMAGE_PIXELS;
+    # 50 MP covers 8K and phone photos) and source file size (MAX_SOURCE_MB).
+    max_image_pixels: int = 50_000_000
+    max_source_bytes: int = 100 * 1024 * 1024
+    # The OpenClone post-processor's documented default threshold.
+    default_threshold: int = 254
+    port: int = 5002
+    log_level: str = "INFO"
+    warmup_runs: int = 2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        root = _path(env, "OpenClone_OpenCloneFS")
+        level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        return cls(
+            fs_root=root or cls.fs_root,
+            fs_root_from_env=root is not None,
+            model=env.get("U2NET_MODEL", "").strip() or cls.model,
+            models_dir=_path(env, "U2NET_MODELS_DIR") or cls.models_dir,
+            weights=_path(env, "U2NET_WEIGHTS"),
+            device=env.get("U2NET_DEVICE", "").strip() or cls.device,
+            precision=env.get("U2NET_PRECISION", "").strip() or cls.precision,
+            max_batch=_int(env, "U2NET_MAX_BATCH", cls.max_batch, 1, 256),
+            batch_wait_ms=_float(env, "U2NET_BATCH_WAIT_MS", cls.batch_wait_ms, 0, 1000),
+            max_queue=_int(env, "U2NET_MAX_QUEUE", cls.max_queue, 1, 10_000),
+            request_timeout_s=_float(env, "U2NET_REQUEST_TIMEOUT_S", cls.request_timeout_s, 1, 3600),
+            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", cls.max_image_pixels, 1, 1_000_000_000),
+            max_source_bytes=_int(env, "MAX_SOURCE_MB", cls.max_source_bytes >> 20, 1, 10_000) << 20,
+            default_threshold=cls.default_threshold,
+            port=_int(env, "PORT", cls.port, 1, 65535),
+            log_level=level,
+            warmup_runs=_int(env, "U2NET_WARMUP_RUNS", cls.warmup_runs, 0, 100),
+        )
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    def runtime_options(self):
+        """The model runtime's share of the settings."""
+        from u2net.runtime import RuntimeOptions
+
+        return RuntimeOptions(model=self.model, models_dir=self.models_dir, weights=self.weights,
+                              device=self.device, precision=self.precision,
+                              max_batch=self.max_batch, max_wait_ms=self.batch_wait_ms,
+                              max_queue=self.max_queue, warmup_runs=self.warmup_runs)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """One log format for the app, gunicorn workers and the CLI (stderr, with the process id)."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_u2net", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        handler._u2net = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)

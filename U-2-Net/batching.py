@@ -1,0 +1,93 @@
+"""Dynamic batching: requests that arrive together share one forward pass.
+
+Like Triton's dynamic batcher: the first waiting item opens a batch, companions that arrive within
+`max_wait_s` join it up to `max_batch`, and one thread runs the network. That thread is the only
+one that touches the model, so concurrent requests share it safely; request threads keep decoding
+and encoding meanwhile. The queue is bounded: a full queue refuses new work at once (the caller
+answers 503) instead of letting latency and memory grow without limit.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class QueueFull(RuntimeError):
+    """More work is waiting than the configured maximum."""
+
+
+class DynamicBatcher:
+    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], *, max_batch: int,
+                 max_wait_s: float, max_queue: int, name: str = "u2net-batcher"):
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be at least 1")
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: np.ndarray) -> Future:
+        """Queue one input; the future resolves to its output row. Raises QueueFull."""
+        future: Future = Future()
+        try:
+            self._queue.put_nowait((item, future))
+        except queue.Full:
+            raise QueueFull(f"{self.max_queue} images are already waiting for the model") from None
+        return future
+
+    def run(self, item: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        return self.submit(item).result(timeout=timeout)
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _collect(self, first) -> tuple[list, bool]:
+        batch, stop = [first], False
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                stop = True
+                break
+            batch.append(nxt)
+        return batch, stop
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch, stop = self._collect(first)
+            try:
+                outputs = self._run_batch(np.stack([item for item, _ in batch]))
+                for (_, future), output in zip(batch, outputs):
+                    future.set_result(output)
+            except BaseException as exc:  # every waiter must hear about the failure
+                log.exception("batch of %d failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            if stop:
+                return

@@ -1,0 +1,140 @@
+"""One loaded model per process: load once, warm up, report ready, serve masks.
+
+`ModelRuntime.load` resolves and strictly loads the weights (failing fast, with the file it looked
+for and the command that fetches it). `start` warms the network up, in a background thread by
+default so that a server can answer /health while it warms, and only then reports ready.
+Call it in the process that serves (after fork): CUDA must never be touched in a gunicorn master.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .batching import DynamicBatcher
+from .engine import Predictor, choose_device, describe_device
+from .registry import ModelSpec, get_spec
+from .transforms import mask_to_size, to_model_input
+from .weights import build_model, file_digest, resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    model: str = "u2net_human_seg"
+    models_dir: Path = Path("saved_models")
+    weights: Path | None = None  # a user's own .pth for the model's architecture
+    device: str = "auto"
+    precision: str = "fp32"
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    max_queue: int = 32
+    warmup_runs: int = 2
+
+
+class ModelRuntime:
+    def __init__(self, spec: ModelSpec, weights_path: Path, predictor: Predictor,
+                 options: RuntimeOptions):
+        self.spec = spec
+        self.weights_path = weights_path
+        self.predictor = predictor
+        self.options = options
+        self.weights_sha256: str | None = None
+        self.warmup_seconds: float | None = None
+        self.error: str | None = None
+        self._ready = threading.Event()
+        self.batcher = DynamicBatcher(predictor, max_batch=options.max_batch,
+                                      max_wait_s=options.max_wait_ms / 1000,
+                                      max_queue=options.max_queue)
+
+    @classmethod
+    def load(cls, options: RuntimeOptions) -> "ModelRuntime":
+        """Resolve and strictly load the weights, and put the network on its device.
+
+        Raises WeightsError (with the path and the fetch command) or UnknownModel.
+        """
+        spec = get_spec(options.model)
+        path = resolve_weights(spec, options.models_dir, options.weights)
+        started = time.perf_counter()
+        net = build_model(spec, path)
+        device = choose_device(options.device)
+        predictor = Predictor(net, device, options.precision)
+        log.info("loaded %s (%s) from %s on %s, %s, in %.2f s", spec.name, spec.architecture, path,
+                 describe_device(device), options.precision, time.perf_counter() - started)
+        return cls(spec, path, predictor, options)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def start(self, background: bool = True) -> None:
+        """Warm up (and checksum the weights), then report ready."""
+        if background:
+            threading.Thread(target=self._warm_up, name="u2net-warmup", daemon=True).start()
+        else:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        try:
+            started = time.perf_counter()
+            size = self.spec.input_size
+            dummy = np.zeros((size, size, 3), dtype=np.uint8)
+            dummy[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 200
+            for _ in range(max(1, self.options.warmup_runs)):
+                self.mask_for(dummy)
+            if self.predictor.device.type == "cuda" and self.options.max_batch > 1:
+                # cuDNN picks algorithms per shape: warm the full batch too.
+                full = np.stack([to_model_input(dummy, self.spec)] * self.options.max_batch)
+                self.predictor(full)
+                torch.cuda.synchronize()
+            self.warmup_seconds = time.perf_counter() - started
+            self.weights_sha256 = file_digest(self.weights_path)
+            self._ready.set()
+            log.info("model warm in %.2f s; ready (weights sha256 %s)", self.warmup_seconds,
+                     self.weights_sha256)
+        except Exception as exc:
+            self.error = f"warm-up failed: {exc}"
+            log.exception("warm-up failed; the model will never report ready")
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def mask_for(self, rgb: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        """HxWx3 uint8 RGB -> HxW uint8 mask (0 background .. 255 subject).
+
+        Pre- and post-processing run in the caller's thread; only the forward pass goes through
+        the batcher. Raises batching.QueueFull when too much work is waiting.
+        """
+        x = to_model_input(rgb, self.spec)
+        pred = self.batcher.run(x, timeout=timeout)
+        return mask_to_size(pred, rgb.shape[:2])
+
+    def info(self) -> dict:
+        return {
+            "model": self.spec.name,
+            "architecture": self.spec.architecture,
+            "description": self.spec.description,
+            "weights_file": str(self.weights_path),
+            "weights_sha256": self.weights_sha256,
+            "device": describe_device(self.predictor.device),
+            "precision": self.predictor.precision,
+            "input_size": self.spec.input_size,
+            "max_batch_size": self.options.max_batch,
+            "max_batch_wait_ms": self.options.max_wait_ms,
+            "max_queue": self.options.max_queue,
+            "ready": self.ready,
+            "warmup_seconds": self.warmup_seconds,
+        }

@@ -1,0 +1,38 @@
+"""Typed errors the core raises; API.py maps each to its status code in one handler."""
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error whose message is safe to show the caller (no paths of this host, no traceback)."""
+
+    status = 500
+
+    def __init__(self, message: str, *, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(ServiceError):
+    status = 400
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class TooLarge(ServiceError):
+    status = 413
+
+
+class NotAnImage(ServiceError):
+    status = 422
+
+
+class Unavailable(ServiceError):
+    """Not ready yet, or overloaded: the caller should retry after `retry_after` seconds."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message, retry_after=retry_after)

@@ -1,0 +1,120 @@
+"""Decoding untrusted images defensively, and encoding the result.
+
+Decoding: only real image formats, the pixel count checked from the header before any pixel is
+decoded, the first frame only, EXIF orientation applied, and every common mode (RGB, RGBA, L, LA,
+P with transparency, CMYK, 16-bit, float) brought to 8-bit RGB plus an optional alpha channel.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import NotAnImage, TooLarge
+
+# Formats a photo arrives in. MPO is what many cameras call a JPEG with a preview frame.
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
+# Pillow's own bomb check only warns below ~179 MP; we check our (configurable) limit from the
+# header ourselves in `decode_image`, before decoding, so Pillow's check is switched off.
+Image.MAX_IMAGE_PIXELS = None
+
+# OpenCV's PNG encoder at zlib level 1: ~10x faster than Pillow's default level for photo-sized
+# RGBA, still lossless (DESIGN.md section 3).
+PNG_COMPRESSION = 1
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    rgb: np.ndarray  # H x W x 3 uint8, upright
+    alpha: np.ndarray | None  # H x W uint8 when the input had transparency
+    format: str
+    mode: str  # the input's Pillow mode, for the logs
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)"""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def read_source(path: Path, max_bytes: int) -> bytes:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise TooLarge(f"source file is {size} bytes; the limit is {max_bytes}")
+    return path.read_bytes()
+
+
+def _to_8bit(values: np.ndarray) -> np.ndarray:
+    """Integer or float samples of any depth -> uint8, by their evident range."""
+    if values.dtype == np.uint8:
+        return values
+    if np.issubdtype(values.dtype, np.floating):
+        peak = float(np.nanmax(values)) if values.size else 0.0
+        scaled = values * 255.0 if peak <= 1.0 else values
+        return np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+    peak = int(values.max()) if values.size else 0
+    if peak > 255:  # 16-bit samples (0..65535)
+        return np.clip((values.astype(np.float32) / 257.0).round(), 0, 255).astype(np.uint8)
+    return np.clip(values, 0, 255).astype(np.uint8)
+
+
+def _split_modes(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any Pillow image -> (RGB uint8, alpha uint8 or None)."""
+    mode = im.mode
+    if mode == "P" or mode == "PA":
+        im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+        mode = im.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        gray = _to_8bit(np.asarray(im))
+        return np.repeat(gray[:, :, None], 3, axis=2), None
+    if mode == "RGBA":
+        arr = np.asarray(im)
+        return np.ascontiguousarray(arr[:, :, :3]), np.ascontiguousarray(arr[:, :, 3])
+    if mode == "LA":
+        arr = np.asarray(im)
+        return np.repeat(arr[:, :, :1], 3, axis=2), np.ascontiguousarray(arr[:, :, 1])
+    if mode == "L":
+        return np.repeat(np.asarray(im)[:, :, None], 3, axis=2), None
+    if mode != "RGB":  # CMYK, 1, RGBX, YCbCr, LAB, HSV, ...
+        im = im.convert("RGB")
+    return np.asarray(im), None
+
+
+def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+    """Bytes from an untrusted source -> DecodedImage. Raises NotAnImage or TooLarge."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise NotAnImage("the source is not a decodable image (supported: "
+                         + ", ".join(f for f in ALLOWED_FORMATS if f != "MPO") + ")") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise NotAnImage(f"the source image header is corrupt ({exc})") from None
+    width, height = im.size
+    if width * height > max_pixels:
+        raise TooLarge(f"image is {width}x{height} = {width * height} pixels; "
+                       f"the limit is {max_pixels}")
+    if width == 0 or height == 0:
+        raise NotAnImage("the source image is empty (0 pixels)")
+    fmt = im.format or "unknown"
+    mode = im.mode
+    try:
+        im.seek(0)  # first frame only (GIF, TIFF, MPO)
+        im.load()
+        im = ImageOps.exif_transpose(im)  # upright, as the photo is meant to be seen
+        rgb, alpha = _split_modes(im)
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise NotAnImage(f"the source image data is corrupt or truncated ({exc})") from None
+    return DecodedImage(rgb=np.ascontiguousarray(rgb), alpha=alpha, format=fmt, mode=mode)
+
+
+def encode_png(rgba: np.ndarray) -> bytes:
+    """H x W x 4 uint8 RGBA -> lossless PNG bytes."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA),
+                           [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()

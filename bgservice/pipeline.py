@@ -1,0 +1,85 @@
+"""The one cut-out pipeline: read, decode, mask, post-process, encode, write atomically."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+
+import numpy as np
+
+import Image_PostProcesser as post
+from u2net.batching import QueueFull
+from u2net.runtime import ModelRuntime
+
+from .errors import Unavailable
+from .imageio import DecodedImage, decode_image, encode_png, read_source
+from .paths import SharedRoot, atomic_write
+
+
+class Stopwatch:
+    """Milliseconds per named stage, for the response and the logs."""
+
+    def __init__(self):
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = round((time.perf_counter() - started) * 1000, 1)
+
+
+class BackgroundRemover:
+    def __init__(self, runtime: ModelRuntime, *, max_image_pixels: int, max_source_bytes: int,
+                 request_timeout_s: float):
+        self.runtime = runtime
+        self.max_image_pixels = max_image_pixels
+        self.max_source_bytes = max_source_bytes
+        self.request_timeout_s = request_timeout_s
+
+    def check_ready(self) -> None:
+        if not self.runtime.ready:
+            detail = f" ({self.runtime.error})" if self.runtime.error else ""
+            raise Unavailable(f"the model is still loading{detail}; retry shortly", retry_after=5)
+
+    def mask(self, image: DecodedImage) -> np.ndarray:
+        """The model's 8-bit mask at the image's size; Unavailable when overloaded."""
+        try:
+            return self.runtime.mask_for(image.rgb, timeout=self.request_timeout_s)
+        except QueueFull as exc:
+            raise Unavailable(f"the service is busy: {exc}; retry shortly", retry_after=2) from None
+        except FutureTimeout:
+            raise Unavailable("the model did not answer in time; retry shortly", retry_after=5) from None
+
+    def remove_paths(self, root: SharedRoot, source: str, output: str, threshold: int) -> dict:
+        """The website's call: cut out `source` into `output` (both relative to `root`)."""
+        watch = Stopwatch()
+        src = root.source(source)
+        dst = root.output(output)
+        self.check_ready()
+        with watch.stage("read"):
+            data = read_source(src, self.max_source_bytes)
+        with watch.stage("decode"):
+            image = decode_image(data, self.max_image_pixels)
+        with watch.stage("mask"):
+            mask = self.mask(image)
+        with watch.stage("compose"):
+            rgba = post.apply_threshold(image.rgb, image.alpha, mask, threshold)
+        with watch.stage("encode"):
+            png = encode_png(rgba)
+        with watch.stage("write"):
+            atomic_write(dst, png)
+        width, height = image.size
+        return {
+            "outputImagePath": output,
+            "width": width,
+            "height": height,
+            "mode": "threshold",
+            "threshold": threshold,
+            "model": self.runtime.spec.name,
+            "bytes": len(png),
+            "timings_ms": watch.ms,
+        }
+
