@@ -31,7 +31,7 @@ class WeightsError(RuntimeError):
 
 
 def fetch_command(spec: ModelSpec) -> str:
-    return f"python -m u2net download {spec.name}"
+    return f"bgremove download {spec.name}"
 
 
 def default_weights_path(models_dir: Path, spec: ModelSpec) -> Path:
@@ -81,14 +81,25 @@ def build_model(spec: ModelSpec, path: Path) -> U2Net:
         raise WeightsError(f"weights file {path} does not hold a state_dict")
     net = ARCHITECTURES[spec.architecture]()
     try:
-        net.load_state_dict(clean_state_dict(state), strict=True)
-    except RuntimeError as exc:
-        first_line = str(exc).splitlines()[0]
+        result = net.load_state_dict(clean_state_dict(state), strict=False)
+        problem = _describe_mismatch(result.missing_keys, result.unexpected_keys)
+    except RuntimeError as exc:  # shape mismatches raise even when not strict
+        problem = str(exc).strip().splitlines()[-1].strip()
+    if problem:
         raise WeightsError(
             f"weights file {path} does not fit the {spec.architecture} architecture of model "
-            f"{spec.name!r} ({first_line}); is it a checkpoint for another model?"
-        ) from exc
+            f"{spec.name!r}: {problem.rstrip('.')}. Is it a checkpoint for another model?")
     return net.eval()
+
+
+def _describe_mismatch(missing: list[str], unexpected: list[str]) -> str:
+    """Strict loading, with a readable account of what did not match ('' when all did)."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -123,12 +134,17 @@ def _download_to(url: str, fileobj, hashers: list, desc: str, progress: bool, ti
             raise WeightsError(f"{url} answered with a web page, not a weights file "
                                "(download quota or a changed link?)")
         length = response.headers.get("Content-Length")
-        with _progress(int(length) if length else None, desc, progress) as bar:
+        expected = int(length) if length and length.isdigit() else None
+        received = 0
+        with _progress(expected, desc, progress) as bar:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 fileobj.write(chunk)
                 for h in hashers:
                     h.update(chunk)
+                received += len(chunk)
                 bar.update(len(chunk))
+        if expected is not None and received != expected:
+            raise WeightsError(f"download cut short: got {received} of {expected} bytes")
 
 
 def download(spec: ModelSpec, dest: Path, *, urls: tuple[str, ...] | None = None,

@@ -16,8 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import NotAnImage, TooLarge
 
-# Formats a photo arrives in. MPO is what many cameras call a JPEG with a preview frame.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# Formats a photo arrives in (JPEG covers MPO, the multi-picture JPEG many cameras write).
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
 # Pillow's own bomb check only warns below ~179 MP; we check our (configurable) limit from the
 # header ourselves in `decode_image`, before decoding, so Pillow's check is switched off.
@@ -90,7 +90,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise NotAnImage("the source is not a decodable image (supported: "
-                         + ", ".join(f for f in ALLOWED_FORMATS if f != "MPO") + ")") from None
+                         + ", ".join(ALLOWED_FORMATS) + ")") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise NotAnImage(f"the source image header is corrupt ({exc})") from None
     width, height = im.size
@@ -102,7 +102,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     fmt = im.format or "unknown"
     mode = im.mode
     try:
-        im.seek(0)  # first frame only (GIF, TIFF, MPO)
+        im.seek(0)  # first frame only (GIF, TIFF, multi-picture JPEG)
         im.load()
         im = ImageOps.exif_transpose(im)  # upright, as the photo is meant to be seen
         rgb, alpha = _split_modes(im)

@@ -81,10 +81,10 @@ class SharedRoot:
         if real.is_dir():
             raise BadRequest(f"'{field}' is a directory: {user_path}")
         parent = real.parent
-        if not parent.is_dir():
-            if parent.exists():
-                raise BadRequest(f"'{field}' has a file where a directory should be: {user_path}")
+        try:  # concurrent requests may create the same folder: exist_ok makes that harmless
             parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise BadRequest(f"'{field}' has a file where a directory should be: {user_path}") from None
         # Re-check after creating directories, in case the tree changed underneath us.
         if not self._inside(Path(os.path.realpath(parent)) / real.name):
             raise BadRequest(f"'{field}' leads outside the shared filesystem root")

@@ -1,0 +1,66 @@
+"""The dynamic batcher: companions share a batch, failures reach every waiter, the queue is bounded."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from u2net.batching import DynamicBatcher, QueueFull
+
+
+def test_requests_that_arrive_together_share_a_batch():
+    sizes = []
+
+    def run(batch):
+        sizes.append(len(batch))
+        return batch * 2
+
+    batcher = DynamicBatcher(run, max_batch=4, max_wait_s=0.2, max_queue=16)
+    futures = [batcher.submit(np.full(3, i, np.float32)) for i in range(6)]
+    results = [f.result(5) for f in futures]
+    batcher.close()
+    assert [r[0] for r in results] == [0, 2, 4, 6, 8, 10]  # each caller gets its own row
+    assert sizes == [4, 2]
+
+
+def test_a_failing_batch_fails_every_waiter_and_the_batcher_goes_on():
+    calls = []
+
+    def run(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return batch
+
+    batcher = DynamicBatcher(run, max_batch=2, max_wait_s=0.2, max_queue=8)
+    failing = [batcher.submit(np.zeros(1)) for _ in range(2)]
+    for f in failing:
+        with pytest.raises(RuntimeError, match="boom"):
+            f.result(5)
+    assert batcher.run(np.ones(1), timeout=5)[0] == 1
+    batcher.close()
+
+
+def test_full_queue_refuses_at_once():
+    gate = threading.Event()
+
+    def run(batch):
+        gate.wait(10)
+        return batch
+
+    batcher = DynamicBatcher(run, max_batch=1, max_wait_s=0, max_queue=2)
+    first = batcher.submit(np.zeros(1))
+    deadline = time.monotonic() + 5
+    while batcher.waiting and time.monotonic() < deadline:  # the worker has taken the first
+        time.sleep(0.01)
+    queued = [batcher.submit(np.zeros(1)) for _ in range(2)]
+    started = time.monotonic()
+    with pytest.raises(QueueFull):
+        batcher.submit(np.zeros(1))
+    assert time.monotonic() - started < 0.1
+    gate.set()
+    for f in [first, *queued]:
+        f.result(5)
+    batcher.close()

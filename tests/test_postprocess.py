@@ -1,0 +1,56 @@
+"""Image_PostProcesser: the OpenClone threshold rule, exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import Image_PostProcesser as post
+
+THRESHOLDS = (0, 1, 128, 200, 254, 255)
+
+
+def old_rule_per_pixel(rgba: np.ndarray, mask: np.ndarray, threshold: int) -> np.ndarray:
+    """The old service's getpixel/putpixel loop, written out plainly as the reference."""
+    out = rgba.copy()
+    for y in range(rgba.shape[0]):
+        for x in range(rgba.shape[1]):
+            if mask[y, x] < threshold:
+                out[y, x] = (0, 0, 0, 0)
+            else:
+                out[y, x] = rgba[y, x]
+    return out
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+@pytest.mark.parametrize("with_alpha", [False, True])
+def test_threshold_equals_the_per_pixel_rule(threshold, with_alpha):
+    rng = np.random.default_rng(threshold + 1000 * with_alpha)
+    for _ in range(5):
+        h, w = rng.integers(1, 24, size=2)
+        rgb = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        alpha = rng.integers(0, 256, size=(h, w), dtype=np.uint8) if with_alpha else None
+        # Include the exact threshold and its neighbours, where an off-by-one would show.
+        mask = rng.choice(np.array([0, 1, 127, 128, 129, 199, 200, 201, 253, 254, 255],
+                                   dtype=np.uint8), size=(h, w))
+        rgba = post.compose_rgba(rgb, alpha)
+        expected = old_rule_per_pixel(rgba, mask, threshold)
+        got = post.apply_threshold(rgb, alpha, mask, threshold)
+        np.testing.assert_array_equal(got, expected)
+        assert got.dtype == np.uint8 and got.shape == (h, w, 4)
+
+
+def test_threshold_zero_keeps_everything_and_inputs_are_not_modified():
+    rgb = np.full((3, 3, 3), 7, np.uint8)
+    mask = np.zeros((3, 3), np.uint8)
+    out = post.apply_threshold(rgb, None, mask, 0)
+    assert (out[..., :3] == 7).all() and (out[..., 3] == 255).all()
+    post.apply_threshold(rgb, None, mask, 255)
+    assert (rgb == 7).all()
+
+
+def test_bad_arguments_are_rejected():
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    with pytest.raises(ValueError):
+        post.apply_threshold(rgb, None, np.zeros((2, 2), np.uint8), 256)
+    with pytest.raises(ValueError, match="does not match"):
+        post.apply_threshold(rgb, None, np.zeros((3, 2), np.uint8), 10)
