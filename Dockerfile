@@ -1,0 +1,43 @@
+# The production image: CUDA runtime, non-root, weights fetched and verified at build time.
+#   docker build -t u2net-service .
+#   docker build --build-arg U2NET_WEIGHTS_SHA256=<sha256> -t u2net-service .   (pin the weights)
+FROM nvidia/cuda:12.9.1-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+
+WORKDIR /app
+COPY requirements.txt pyproject.toml ./
+RUN pip install -r requirements.txt
+COPY . .
+RUN pip install --no-deps -e .
+
+ARG U2NET_MODEL=u2net_human_seg
+# The authors publish no checksum; pin the SHA-256 you trust here (bgremove prints it on download).
+ARG U2NET_WEIGHTS_SHA256=
+ENV U2NET_MODEL=${U2NET_MODEL} \
+    U2NET_MODELS_DIR=/app/saved_models \
+    OpenClone_OpenCloneFS=/OpenCloneFS \
+    PORT=5002
+
+# Download, verify (checksum when known or pinned, and a strict load), or fail the build.
+RUN bgremove download "${U2NET_MODEL}" --quiet \
+        ${U2NET_WEIGHTS_SHA256:+--sha256 "${U2NET_WEIGHTS_SHA256}"}
+
+RUN useradd --system --uid 10001 --no-create-home --home-dir /app u2net \
+    && mkdir -p /OpenCloneFS && chown u2net /OpenCloneFS
+USER u2net
+
+EXPOSE 5002
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ready' % os.environ.get('PORT', '5002'), timeout=4)"
+
+CMD ["gunicorn", "-c", "gunicorn_conf.py"]

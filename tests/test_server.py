@@ -1,0 +1,162 @@
+"""The production command, for real: the Dockerfile's CMD (gunicorn with the project's config) on a
+free port, called over HTTP like the website does (a new connection per call)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from conftest import PROJECT, WEBSITE_REQUEST, photo, save_image
+
+pytestmark = pytest.mark.slow
+
+
+def dockerfile_cmd() -> list[str]:
+    text = (PROJECT / "Dockerfile").read_text()
+    return json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(env_overrides: dict) -> tuple[subprocess.Popen, int]:
+    cmd = dockerfile_cmd()
+    assert cmd[0] == "gunicorn"
+    cmd[0] = str(Path(sys.executable).with_name("gunicorn"))  # this environment's gunicorn
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "U2NET_DEVICE": "cpu", "U2NET_WARMUP_RUNS": "1",
+           **env_overrides}
+    proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return proc, port
+
+
+def stop(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    return out
+
+
+def wait_until_ready(proc, base: str, timeout: float = 120) -> list[int]:
+    """Poll /ready; return the statuses seen (503s while warming, then 200)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited early:\n{stop(proc)}")
+        try:
+            status = requests.get(f"{base}/ready", timeout=2).status_code
+            seen.append(status)
+            if status == 200:
+                return seen
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"server never became ready:\n{stop(proc)}")
+
+
+@pytest.fixture
+def server(sandbox, random_weights):
+    proc, port = start_server({"OpenClone_OpenCloneFS": str(sandbox["root"]),
+                               "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(proc, base)
+        yield proc, base
+    finally:
+        log = stop(proc)
+        print(log[-3000:])
+
+
+def test_production_server_answers_the_website(server, sandbox):
+    proc, base = server
+    save_image(sandbox["root"] / "Clones/4/clone-image-with-bg.png", photo(320, 240))
+    response = requests.post(f"{base}/remove-background", json=WEBSITE_REQUEST,
+                             headers={"Accept": "application/json", "Connection": "close"},
+                             timeout=100)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    out = Image.open(sandbox["root"] / "Clones/4/clone-image-no-bg.png")
+    assert out.mode == "RGBA" and out.size == (320, 240)
+
+    bad = requests.post(f"{base}/remove-background", json={**WEBSITE_REQUEST,
+                        "sourceImagePath": "/../../etc/passwd"}, timeout=30)
+    assert bad.status_code == 400 and "error" in bad.json()
+    info = requests.get(f"{base}/model-info", timeout=10).json()
+    assert info["model"] == "u2netp" and info["device"].startswith("cpu")
+
+
+def test_master_process_never_loads_torch(server):
+    proc, base = server
+    maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    assert "libtorch" not in maps  # gunicorn's master: no torch, so no CUDA before fork
+    workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert workers, "no worker process"
+    assert "libtorch" in Path(f"/proc/{workers[0]}/maps").read_text()
+
+
+def test_concurrent_clients_over_http(server, sandbox):
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc, base = server
+    for i in range(4):
+        save_image(sandbox["root"] / f"in/{i}.jpg", photo(200 + 20 * i, 150, seed=i), quality=90)
+
+    def call(i):
+        return requests.post(f"{base}/remove-background", json={
+            "sourceImagePath": f"/in/{i}.jpg", "outputImagePath": f"/out/{i}.png",
+            "threshold": 0}, timeout=100)
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = [r.status_code for r in pool.map(call, range(4))]
+    assert statuses == [200] * 4
+    for i in range(4):
+        out = np.asarray(Image.open(sandbox["root"] / f"out/{i}.png"))
+        assert out.shape == (150, 200 + 20 * i, 4) and (out[..., 3] == 255).all()
+
+
+def test_missing_weights_refuse_to_start_naming_the_file_and_the_command(sandbox, tmp_path):
+    proc, port = start_server({"OpenClone_OpenCloneFS": str(sandbox["root"]),
+                               "U2NET_MODEL": "u2net_human_seg",
+                               "U2NET_MODELS_DIR": str(tmp_path / "empty")})
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        pass
+    log = stop(proc)
+    assert proc.returncode not in (0, None)
+    assert str(tmp_path / "empty" / "u2net_human_seg" / "u2net_human_seg.pth") in log
+    assert "bgremove download u2net_human_seg" in log
+
+
+def test_compose_file_runs_the_image_with_gpu_volume_and_health_check():
+    service = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]["u2net"]
+    assert "5002:5002" in service["ports"]
+    assert any(v.endswith(":/OpenCloneFS") for v in service["volumes"])
+    assert service["environment"]["OpenClone_OpenCloneFS"] == "/OpenCloneFS"
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert "/ready" in " ".join(service["healthcheck"]["test"])
+    dockerfile = (PROJECT / "Dockerfile").read_text()
+    assert "USER u2net" in dockerfile and "HEALTHCHECK" in dockerfile
+    assert "bgremove download" in dockerfile
