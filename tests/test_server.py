@@ -160,3 +160,17 @@ def test_compose_file_runs_the_image_with_gpu_volume_and_health_check():
     dockerfile = (PROJECT / "Dockerfile").read_text()
     assert "USER u2net" in dockerfile and "HEALTHCHECK" in dockerfile
     assert "bgremove download" in dockerfile
+
+
+def test_development_server_runs_on_port(sandbox, random_weights):
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "OpenClone_OpenCloneFS": str(sandbox["root"]),
+           "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights), "U2NET_DEVICE": "cpu"}
+    proc = subprocess.Popen([sys.executable, "API.py"], cwd=PROJECT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        wait_until_ready(proc, f"http://127.0.0.1:{port}")
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json() == {"status": "ok"}
+    finally:
+        stop(proc)
