@@ -21,27 +21,16 @@ class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+def _number(env: Mapping[str, str], name: str, default, lo, hi, kind=int):
+    """Environment variable `name` as `kind` (int or float) within [lo, hi], else `default`."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        noun = "an integer" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {noun}, got {raw!r}") from None
     if not lo <= value <= hi:
         raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
     return value
@@ -97,16 +86,17 @@ class Settings:
             weights=_path(env, "U2NET_WEIGHTS"),
             device=env.get("U2NET_DEVICE", "").strip() or cls.device,
             precision=env.get("U2NET_PRECISION", "").strip() or cls.precision,
-            max_batch=_int(env, "U2NET_MAX_BATCH", cls.max_batch, 1, 256),
-            batch_wait_ms=_float(env, "U2NET_BATCH_WAIT_MS", cls.batch_wait_ms, 0, 1000),
-            max_queue=_int(env, "U2NET_MAX_QUEUE", cls.max_queue, 1, 10_000),
-            request_timeout_s=_float(env, "U2NET_REQUEST_TIMEOUT_S", cls.request_timeout_s, 1, 3600),
-            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", cls.max_image_pixels, 1, 1_000_000_000),
-            max_source_bytes=_int(env, "MAX_SOURCE_MB", cls.max_source_bytes >> 20, 1, 10_000) << 20,
+            max_batch=_number(env, "U2NET_MAX_BATCH", cls.max_batch, 1, 256),
+            batch_wait_ms=_number(env, "U2NET_BATCH_WAIT_MS", cls.batch_wait_ms, 0, 1000, float),
+            max_queue=_number(env, "U2NET_MAX_QUEUE", cls.max_queue, 1, 10_000),
+            request_timeout_s=_number(env, "U2NET_REQUEST_TIMEOUT_S", cls.request_timeout_s, 1, 3600,
+                                      float),
+            max_image_pixels=_number(env, "MAX_IMAGE_PIXELS", cls.max_image_pixels, 1, 1_000_000_000),
+            max_source_bytes=_number(env, "MAX_SOURCE_MB", cls.max_source_bytes >> 20, 1, 10_000) << 20,
             default_threshold=cls.default_threshold,
-            port=_int(env, "PORT", cls.port, 1, 65535),
+            port=_number(env, "PORT", cls.port, 1, 65535),
             log_level=level,
-            warmup_runs=_int(env, "U2NET_WARMUP_RUNS", cls.warmup_runs, 0, 100),
+            warmup_runs=_number(env, "U2NET_WARMUP_RUNS", cls.warmup_runs, 0, 100),
         )
 
     def with_(self, **changes) -> "Settings":
