@@ -50,9 +50,13 @@ class Settings:
     model: str = "u2net_human_seg"
     models_dir: Path = PROJECT_ROOT / "saved_models"
     weights: Path | None = None
-    # Where and how the network runs (U2NET_DEVICE: auto|cpu|cuda|cuda:N; U2NET_PRECISION).
+    # Where and how the network runs (U2NET_DEVICE: auto|cpu|cuda|cuda:N; U2NET_ENGINE:
+    # auto|torch|onnxruntime, auto = ONNX Runtime on CPU, PyTorch on CUDA; U2NET_PRECISION).
     device: str = "auto"
+    engine: str = "auto"
     precision: str = "fp32"
+    # ONNX exports of the weights are cached here (U2NET_CACHE_DIR; default <models_dir>/.cache).
+    cache_dir: Path | None = None
     # Dynamic batching (U2NET_MAX_BATCH, U2NET_BATCH_WAIT_MS) and the bound on waiting work
     # (U2NET_MAX_QUEUE); beyond it requests get 503 with Retry-After.
     max_batch: int = 8
@@ -85,6 +89,8 @@ class Settings:
             models_dir=_path(env, "U2NET_MODELS_DIR") or cls.models_dir,
             weights=_path(env, "U2NET_WEIGHTS"),
             device=env.get("U2NET_DEVICE", "").strip() or cls.device,
+            engine=env.get("U2NET_ENGINE", "").strip() or cls.engine,
+            cache_dir=_path(env, "U2NET_CACHE_DIR"),
             precision=env.get("U2NET_PRECISION", "").strip() or cls.precision,
             max_batch=_number(env, "U2NET_MAX_BATCH", cls.max_batch, 1, 256),
             batch_wait_ms=_number(env, "U2NET_BATCH_WAIT_MS", cls.batch_wait_ms, 0, 1000, float),
@@ -107,7 +113,8 @@ class Settings:
         from u2net.runtime import RuntimeOptions
 
         return RuntimeOptions(model=self.model, models_dir=self.models_dir, weights=self.weights,
-                              device=self.device, precision=self.precision,
+                              device=self.device, engine=self.engine, precision=self.precision,
+                              cache_dir=self.cache_dir or self.models_dir / ".cache",
                               max_batch=self.max_batch, max_wait_ms=self.batch_wait_ms,
                               max_queue=self.max_queue, warmup_runs=self.warmup_runs)
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .batching import DynamicBatcher
-from .engine import Predictor, choose_device, describe_device
+from .engine import (OnnxPredictor, TorchPredictor, choose_device, choose_engine,
+                     describe_device, onnx_model_bytes)
 from .registry import ModelSpec, get_spec
 from .transforms import mask_to_size, to_model_input
 from .weights import build_model, file_digest, resolve_weights
@@ -31,7 +32,9 @@ class RuntimeOptions:
     models_dir: Path = Path("saved_models")
     weights: Path | None = None  # a user's own .pth for the model's architecture
     device: str = "auto"
+    engine: str = "auto"  # auto: onnxruntime on CPU, torch on CUDA
     precision: str = "fp32"
+    cache_dir: Path | None = None  # where ONNX exports are kept (None: export in memory)
     max_batch: int = 8
     max_wait_ms: float = 5.0
     max_queue: int = 32
@@ -39,13 +42,13 @@ class RuntimeOptions:
 
 
 class ModelRuntime:
-    def __init__(self, spec: ModelSpec, weights_path: Path, predictor: Predictor,
-                 options: RuntimeOptions):
+    def __init__(self, spec: ModelSpec, weights_path: Path, predictor, options: RuntimeOptions,
+                 weights_sha256: str | None = None):
         self.spec = spec
         self.weights_path = weights_path
-        self.predictor = predictor
+        self.predictor = predictor  # TorchPredictor or OnnxPredictor
         self.options = options
-        self.weights_sha256: str | None = None
+        self.weights_sha256 = weights_sha256 or file_digest(weights_path)
         self.warmup_seconds: float | None = None
         self.error: str | None = None
         self._ready = threading.Event()
@@ -63,11 +66,18 @@ class ModelRuntime:
         path = resolve_weights(spec, options.models_dir, options.weights)
         started = time.perf_counter()
         net = build_model(spec, path)
+        sha256 = file_digest(path)
         device = choose_device(options.device)
-        predictor = Predictor(net, device, options.precision)
-        log.info("loaded %s (%s) from %s on %s, %s, in %.2f s", spec.name, spec.architecture, path,
-                 describe_device(device), options.precision, time.perf_counter() - started)
-        return cls(spec, path, predictor, options)
+        engine = choose_engine(options.engine, device)
+        if engine == "onnxruntime":
+            model = onnx_model_bytes(net, spec.input_size, options.cache_dir, sha256)
+            predictor = OnnxPredictor(model, options.precision)
+        else:
+            predictor = TorchPredictor(net, device, options.precision)
+        log.info("loaded %s (%s) from %s (sha256 %s) on %s with %s, %s, in %.2f s", spec.name,
+                 spec.architecture, path, sha256, describe_device(device), engine,
+                 options.precision, time.perf_counter() - started)
+        return cls(spec, path, predictor, options, sha256)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -99,10 +109,8 @@ class ModelRuntime:
                 self.predictor(full)
                 torch.cuda.synchronize()
             self.warmup_seconds = time.perf_counter() - started
-            self.weights_sha256 = file_digest(self.weights_path)
             self._ready.set()
-            log.info("model warm in %.2f s; ready (weights sha256 %s)", self.warmup_seconds,
-                     self.weights_sha256)
+            log.info("model warm in %.2f s; ready", self.warmup_seconds)
         except Exception as exc:
             self.error = f"warm-up failed: {exc}"
             log.exception("warm-up failed; the model will never report ready")
@@ -130,6 +138,7 @@ class ModelRuntime:
             "weights_file": str(self.weights_path),
             "weights_sha256": self.weights_sha256,
             "device": describe_device(self.predictor.device),
+            "engine": self.predictor.engine,
             "precision": self.predictor.precision,
             "input_size": self.spec.input_size,
             "max_batch_size": self.options.max_batch,

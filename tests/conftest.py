@@ -49,7 +49,8 @@ def random_weights(tmp_path_factory) -> Path:
 
 def make_settings(root: Path, weights: Path, **changes) -> Settings:
     return Settings(fs_root=root, fs_root_from_env=True, model="u2netp", weights=weights,
-                    models_dir=root / "no-models-here", device="cpu", warmup_runs=1).with_(**changes)
+                    models_dir=root.parent / "no-models-here", device="cpu", warmup_runs=1,
+                    cache_dir=weights.parent / "onnx-cache").with_(**changes)
 
 
 @pytest.fixture(scope="session")

@@ -200,7 +200,7 @@ class GatedPredictor:
     def __init__(self, inner):
         self.inner, self.gate = inner, threading.Event()
         self.gate.set()
-        self.device, self.precision = inner.device, inner.precision
+        self.device, self.precision, self.engine = inner.device, inner.precision, inner.engine
 
     def __call__(self, batch):
         self.gate.wait(30)
@@ -252,6 +252,7 @@ def test_health_ready_and_model_info(client, runtime):
     info = client.get("/model-info").json
     assert info["model"] == "u2netp" and info["architecture"] == "U2NETP"
     assert info["device"].startswith("cpu") and info["precision"] == "fp32"
+    assert info["engine"] == "onnxruntime"  # the fastest exact engine on CPU
     assert len(info["weights_sha256"]) == 64 and info["max_batch_size"] == 8
     assert info["ready"] is True
 

@@ -40,6 +40,7 @@ def start_server(env_overrides: dict) -> tuple[subprocess.Popen, int]:
     cmd[0] = str(Path(sys.executable).with_name("gunicorn"))  # this environment's gunicorn
     port = free_port()
     env = {**os.environ, "PORT": str(port), "U2NET_DEVICE": "cpu", "U2NET_WARMUP_RUNS": "1",
+           "U2NET_CACHE_DIR": str(env_overrides.pop("cache", PROJECT / ".pytest-onnx-cache")),
            **env_overrides}
     proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -69,7 +70,7 @@ def wait_until_ready(proc, base: str, timeout: float = 120) -> list[int]:
             seen.append(status)
             if status == 200:
                 return seen
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused while booting, or a read timeout
             pass
         time.sleep(0.1)
     pytest.fail(f"server never became ready:\n{stop(proc)}")
@@ -165,7 +166,8 @@ def test_compose_file_runs_the_image_with_gpu_volume_and_health_check():
 def test_development_server_runs_on_port(sandbox, random_weights):
     port = free_port()
     env = {**os.environ, "PORT": str(port), "OpenClone_OpenCloneFS": str(sandbox["root"]),
-           "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights), "U2NET_DEVICE": "cpu"}
+           "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights), "U2NET_DEVICE": "cpu",
+           "U2NET_CACHE_DIR": str(PROJECT / ".pytest-onnx-cache")}
     proc = subprocess.Popen([sys.executable, "API.py"], cwd=PROJECT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -1,0 +1,57 @@
+"""Engines: ONNX Runtime (CPU default) and PyTorch give the same masks; exports are cached."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import u2net.engine as engine
+from conftest import photo, shared_path
+from u2net.registry import get_spec
+from u2net.transforms import to_model_input
+from u2net.weights import build_model
+
+SPEC = get_spec("u2netp")
+
+
+def inputs() -> np.ndarray:
+    return np.stack([to_model_input(photo(200, 150, seed=s), SPEC) for s in range(2)])
+
+
+def test_onnxruntime_equals_pytorch_on_the_real_weights(tmp_path):
+    net = build_model(SPEC, shared_path("models", "u2netp", "u2netp.pth"))
+    ort_masks = engine.OnnxPredictor(engine.export_onnx(net, 320))(inputs())
+    torch_masks = engine.TorchPredictor(net, torch.device("cpu"))(inputs())
+    assert ort_masks.shape == (2, 320, 320)
+    assert np.abs(ort_masks - torch_masks).max() < 1e-4
+
+
+def test_export_leaves_the_network_in_eval_mode(random_weights):
+    net = build_model(SPEC, random_weights)
+    engine.export_onnx(net, 64)
+    assert not any(m.training for m in net.modules())
+
+
+def test_exports_are_cached_by_weights(random_weights, tmp_path, monkeypatch):
+    net = build_model(SPEC, random_weights)
+    first = engine.onnx_model_bytes(net, 64, tmp_path, "weights-a")
+    assert len(list(tmp_path.glob("*.onnx"))) == 1
+
+    def no_export(*_):
+        raise AssertionError("exported again despite the cache")
+
+    monkeypatch.setattr(engine, "export_onnx", no_export)
+    assert engine.onnx_model_bytes(net, 64, tmp_path, "weights-a") == first
+    with pytest.raises(AssertionError):
+        engine.onnx_model_bytes(net, 64, tmp_path, "weights-b")  # other weights: a new export
+
+
+def test_engine_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine.choose_engine("auto", cpu) == "onnxruntime"
+    assert engine.choose_engine("auto", cuda) == "torch"
+    assert engine.choose_engine("torch", cpu) == "torch"
+    with pytest.raises(ValueError, match="CPU only"):
+        engine.choose_engine("onnxruntime", cuda)
+    with pytest.raises(ValueError, match="choose one of"):
+        engine.choose_engine("tensorrt", cpu)
