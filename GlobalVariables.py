@@ -60,7 +60,7 @@ class Settings:
     # Dynamic batching (U2NET_MAX_BATCH, U2NET_BATCH_WAIT_MS) and the bound on waiting work
     # (U2NET_MAX_QUEUE); beyond it requests get 503 with Retry-After.
     max_batch: int = 8
-    batch_wait_ms: float = 5.0
+    batch_wait_ms: float = 0.0
     max_queue: int = 32
     # A request waits at most this long for the network (U2NET_REQUEST_TIMEOUT_S): below the
     # website's 100 s HTTP timeout so it gets our 503 rather than its own timeout.

@@ -36,7 +36,7 @@ class RuntimeOptions:
     precision: str = "fp32"
     cache_dir: Path | None = None  # where ONNX exports are kept (None: export in memory)
     max_batch: int = 8
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     max_queue: int = 32
     warmup_runs: int = 2
 
@@ -120,15 +120,24 @@ class ModelRuntime:
 
     # -- inference -----------------------------------------------------------------------------
 
-    def mask_for(self, rgb: np.ndarray, timeout: float | None = None) -> np.ndarray:
+    def mask_for(self, rgb: np.ndarray, timeout: float | None = None,
+                 timings: dict | None = None) -> np.ndarray:
         """HxWx3 uint8 RGB -> HxW uint8 mask (0 background .. 255 subject).
 
         Pre- and post-processing run in the caller's thread; only the forward pass goes through
-        the batcher. Raises batching.QueueFull when too much work is waiting.
+        the batcher. Raises batching.QueueFull when too much work is waiting. `timings`, when
+        given, receives the milliseconds of resize, forward (queue wait included) and upsample.
         """
+        t0 = time.perf_counter()
         x = to_model_input(rgb, self.spec)
+        t1 = time.perf_counter()
         pred = self.batcher.run(x, timeout=timeout)
-        return mask_to_size(pred, rgb.shape[:2])
+        t2 = time.perf_counter()
+        mask = mask_to_size(pred, rgb.shape[:2])
+        if timings is not None:
+            timings.update(resize=round((t1 - t0) * 1e3, 1), forward=round((t2 - t1) * 1e3, 1),
+                           upsample=round((time.perf_counter() - t2) * 1e3, 1))
+        return mask
 
     def info(self) -> dict:
         return {

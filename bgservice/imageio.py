@@ -10,11 +10,11 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import NotAnImage, TooLarge
+from .png import encode_rgba_png
 
 # Formats a photo arrives in (JPEG covers MPO, the multi-picture JPEG many cameras write).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
@@ -22,10 +22,6 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # Pillow's own bomb check only warns below ~179 MP; we check our (configurable) limit from the
 # header ourselves in `decode_image`, before decoding, so Pillow's check is switched off.
 Image.MAX_IMAGE_PIXELS = None
-
-# OpenCV's PNG encoder at zlib level 1: ~10x faster than Pillow's default level for photo-sized
-# RGBA, still lossless (DESIGN.md section 3).
-PNG_COMPRESSION = 1
 
 
 @dataclass(frozen=True)
@@ -112,9 +108,5 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
 
 
 def encode_png(rgba: np.ndarray) -> bytes:
-    """H x W x 4 uint8 RGBA -> lossless PNG bytes."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA),
-                           [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
+    """H x W x 4 uint8 RGBA -> lossless PNG bytes, compressed on every core (see png.py)."""
+    return encode_rgba_png(rgba)

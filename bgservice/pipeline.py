@@ -44,10 +44,10 @@ class BackgroundRemover:
             detail = f" ({self.runtime.error})" if self.runtime.error else ""
             raise Unavailable(f"the model is still loading{detail}; retry shortly", retry_after=5)
 
-    def mask(self, image: DecodedImage) -> np.ndarray:
+    def mask(self, image: DecodedImage, timings: dict | None = None) -> np.ndarray:
         """The model's 8-bit mask at the image's size; Unavailable when overloaded."""
         try:
-            return self.runtime.mask_for(image.rgb, timeout=self.request_timeout_s)
+            return self.runtime.mask_for(image.rgb, timeout=self.request_timeout_s, timings=timings)
         except QueueFull as exc:
             raise Unavailable(f"the service is busy: {exc}; retry shortly", retry_after=2) from None
         except FutureTimeout:
@@ -63,8 +63,7 @@ class BackgroundRemover:
             data = read_source(src, self.max_source_bytes)
         with watch.stage("decode"):
             image = decode_image(data, self.max_image_pixels)
-        with watch.stage("mask"):
-            mask = self.mask(image)
+        mask = self.mask(image, watch.ms)  # resize, forward, upsample
         with watch.stage("compose"):
             rgba = post.apply_threshold(image.rgb, image.alpha, mask, threshold)
         with watch.stage("encode"):

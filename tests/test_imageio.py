@@ -119,3 +119,20 @@ def test_png_encoding_is_lossless_rgba():
     back = Image.open(io.BytesIO(encode_png(rgba)))
     assert back.mode == "RGBA"
     np.testing.assert_array_equal(np.asarray(back), rgba)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 700), (1500, 1), (257, 333), (1200, 1700)])
+def test_parallel_png_round_trips_losslessly(shape):
+    from bgservice.png import encode_rgba_png
+
+    rng = np.random.default_rng(shape[0])
+    rgba = rng.integers(0, 256, (*shape, 4), dtype=np.uint8)
+    rgba[: shape[0] // 2, :, :] //= 7  # some compressible structure too
+    png = encode_rgba_png(rgba)
+    back = Image.open(io.BytesIO(png))
+    back.load()  # raises on a bad CRC, adler32 or deflate stream
+    assert back.mode == "RGBA" and back.size == (shape[1], shape[0])
+    np.testing.assert_array_equal(np.asarray(back), rgba)
+    import cv2  # a second, independent decoder (libpng)
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decoded[..., [2, 1, 0, 3]], rgba)

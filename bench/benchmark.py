@@ -1,0 +1,335 @@
+"""Speed benchmark: every figure is a ratio to the bare PyTorch forward measured in the same run.
+
+    python bench/benchmark.py                 # CPU (or CUDA when present), U2NET random weights
+    python bench/benchmark.py --quick         # fewer repetitions, no soak
+    python bench/benchmark.py --rembg         # also: ours against rembg on the real U2NETP weights
+    python bench/benchmark.py --soak 300      # RSS over 300 consecutive 4000x3000 requests
+
+Measures, in one run:
+  1. the bare forward pass of the configured model at batch 1, PyTorch fp32 eager (the baseline),
+     and the service's own engine;
+  2. full requests end to end, in-process and over HTTP against the production server (gunicorn
+     with gunicorn_conf.py), for a 640x480 JPEG, 1920x1080 JPEG and PNG, and a 4000x3000 JPEG made
+     from ../shared/data/photos, with every stage as a ratio of the baseline;
+  3. throughput and p50/p99 latency with 1, 2 and 4 concurrent clients, peak RSS of the worker,
+     and the first request after ready against a steady one.
+Threshold 0 keeps the whole image, so the PNG encoder does real work. Results also go to
+bench/out/benchmark.json. Shared machines are noisy: read the ratios, not the absolute times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared"
+OUT = PROJECT / "bench" / "out"
+
+from bgservice.paths import SharedRoot
+from bgservice.pipeline import BackgroundRemover
+from u2net.model import ARCHITECTURES
+from u2net.registry import get_spec
+from u2net.runtime import ModelRuntime, RuntimeOptions
+
+CASES = [("640x480 JPEG", (640, 480), "jpg"), ("1920x1080 JPEG", (1920, 1080), "jpg"),
+         ("1920x1080 PNG", (1920, 1080), "png"), ("4000x3000 JPEG", (4000, 3000), "jpg")]
+STAGES = ("read", "decode", "resize", "forward", "upsample", "compose", "encode", "write")
+
+
+def median_ms(fn, repeat: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def make_inputs(root: Path) -> dict[str, str]:
+    """The benchmark images, cut and scaled from a real photo, written into the shared root."""
+    photo = cv2.imread(str(SHARED / "data" / "photos" / "julia+trotti_17.jpg"))
+    if photo is None:
+        sys.exit(f"missing {SHARED}/data/photos: the benchmark reads its photos from ../shared")
+    paths = {}
+    for name, (w, h), ext in CASES:
+        ph, pw = photo.shape[:2]
+        scale = max(w / pw, h / ph)
+        big = cv2.resize(photo, (round(pw * scale) + 1, round(ph * scale) + 1),
+                         interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+        y0, x0 = (big.shape[0] - h) // 2, (big.shape[1] - w) // 2
+        img = big[y0:y0 + h, x0:x0 + w]
+        rel = f"bench/{w}x{h}.{ext}"
+        (root / "bench").mkdir(parents=True, exist_ok=True)
+        params = [cv2.IMWRITE_JPEG_QUALITY, 90] if ext == "jpg" else []
+        cv2.imwrite(str(root / rel), img, params)
+        paths[name] = "/" + rel
+    return paths
+
+
+def random_weights(architecture: str, folder: Path) -> Path:
+    torch.manual_seed(0)
+    path = folder / f"random_{architecture.lower()}.pth"
+    torch.save(ARCHITECTURES[architecture]().state_dict(), path)
+    return path
+
+
+def bare_forward_ms(architecture: str, device: torch.device, repeat: int) -> float:
+    """The baseline: one eager PyTorch fp32 forward at batch 1, nothing else."""
+    torch.manual_seed(0)
+    net = ARCHITECTURES[architecture]().eval().to(device)
+    x = torch.randn(1, 3, 320, 320, device=device)
+
+    def run():
+        with torch.inference_mode():
+            net(x, fused_only=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return median_ms(run, repeat, warmup=2)
+
+
+def in_process(remover, root, paths, repeat) -> dict:
+    results = {}
+    for name, path in paths.items():
+        stage_runs, totals = [], []
+        for i in range(repeat + 1):
+            t = time.perf_counter()
+            out = remover.remove_paths(root, path, f"/bench/out-{i % 2}.png", 0)
+            if i:  # the first run of each size is a warm-up
+                totals.append((time.perf_counter() - t) * 1000)
+                stage_runs.append(out["timings_ms"])
+        results[name] = {"total": statistics.median(totals),
+                         **{s: statistics.median(r.get(s, 0.0) for r in stage_runs) for s in STAGES}}
+    return results
+
+
+# -- over HTTP, against the production server -----------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path, env: dict):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self.proc = subprocess.Popen(
+            [str(gunicorn), "-c", "gunicorn_conf.py"], cwd=PROJECT, start_new_session=True,
+            env={**os.environ, "PORT": str(self.port), "OpenClone_OpenCloneFS": str(root),
+                 "GUNICORN_MAX_REQUESTS": "0", "LOG_LEVEL": "warning", **env},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout=300):
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.base}/ready", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not become ready")
+
+    def worker_pid(self) -> int:
+        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return int(kids[0])
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(current, peak) resident memory of the worker, MB."""
+        status = Path(f"/proc/{self.worker_pid()}/status").read_text()
+        fields = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if ":" in line}
+        return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
+
+    def post(self, source: str, output: str, threshold: int = 0) -> float:
+        import requests
+
+        t = time.perf_counter()
+        r = requests.post(f"{self.base}/remove-background", timeout=300, json={
+            "sourceImagePath": source, "outputImagePath": output, "threshold": threshold})
+        r.raise_for_status()
+        return (time.perf_counter() - t) * 1000
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def over_http(server: Server, paths: dict, repeat: int) -> dict:
+    results = {}
+    for name, path in paths.items():
+        server.post(path, "/bench/http-warm.png")
+        results[name] = statistics.median(server.post(path, f"/bench/http-{i}.png")
+                                          for i in range(repeat))
+    return results
+
+
+def concurrency(server: Server, path: str, clients: int, requests_each: int) -> dict:
+    latencies, lock = [], threading.Lock()
+
+    def client(k):
+        for i in range(requests_each):
+            ms = server.post(path, f"/bench/c{clients}-{k}-{i}.png")
+            with lock:
+                latencies.append(ms)
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - t
+    latencies.sort()
+    return {"clients": clients, "throughput_per_s": len(latencies) / wall,
+            "p50_ms": statistics.median(latencies),
+            "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+
+
+def first_request_after_ready(root, env, path, steady_ms) -> float:
+    server = Server(root, env)
+    try:
+        server.wait_ready()
+        return server.post(path, "/bench/first.png") / steady_ms
+    finally:
+        server.stop()
+
+
+def soak(server: Server, path: str, count: int) -> dict:
+    samples = []
+    for i in range(count):
+        server.post(path, "/bench/soak.png")
+        if i % 25 == 0 or i == count - 1:
+            samples.append(server.rss_mb()[0])
+    settled = samples[len(samples) // 5:]  # after the first fifth (allocator warm-up)
+    return {"requests": count, "rss_mb_samples": [round(s) for s in samples],
+            "growth_after_warmup_pct": 100 * (max(settled) - min(settled)) / min(settled)}
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+def print_table(title: str, rows: list[list], header: list[str]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        print("  " + "  ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="u2net_human_seg")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--engine", default="auto")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-http", action="store_true", help="skip the production-server part")
+    parser.add_argument("--rembg", action="store_true", help="compare with rembg (real U2NETP)")
+    parser.add_argument("--soak", type=int, default=0, help="consecutive 4000x3000 requests")
+    args = parser.parse_args()
+    repeat = 3 if args.quick else 7
+
+    spec = get_spec(args.model)
+    tmp = Path(tempfile.mkdtemp(prefix="u2net-bench-"))
+    root = tmp / "OpenCloneFS"
+    root.mkdir()
+    weights = random_weights(spec.architecture, tmp)
+    options = RuntimeOptions(model=args.model, weights=weights, device=args.device,
+                             engine=args.engine, cache_dir=tmp / "cache", warmup_runs=2)
+    runtime = ModelRuntime.load(options)
+    runtime.start(background=False)
+    device = runtime.predictor.device
+    report = {"model": spec.name, "architecture": spec.architecture,
+              "device": str(device), "engine": runtime.predictor.engine,
+              "precision": runtime.predictor.precision, "cpu": platform.processor() or
+              platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    print(f"model {spec.name} ({spec.architecture}, random weights)  device {device}  "
+          f"engine {report['engine']}  precision {report['precision']}  "
+          f"cores {report['cores']}  torch threads {report['torch_threads']}")
+
+    base = bare_forward_ms(spec.architecture, device, repeat)
+    x = np.zeros((1, 3, 320, 320), np.float32)
+    engine_ms = median_ms(lambda: runtime.predictor(x), repeat, warmup=2)
+    report.update(bare_forward_ms=base, engine_forward_ms=engine_ms)
+    print(f"\nbaseline: bare PyTorch fp32 eager forward, batch 1: {base:.0f} ms (= 1.00)")
+    print(f"service engine forward ({report['engine']}): {engine_ms:.0f} ms = {engine_ms / base:.2f}")
+
+    paths = make_inputs(root)
+    remover = BackgroundRemover(runtime, max_image_pixels=10**8, max_source_bytes=1 << 30,
+                                request_timeout_s=300)
+    local = in_process(remover, SharedRoot(root), paths, repeat)
+    report["in_process"] = local
+    print_table("in-process request, threshold 0 (ratios to the baseline; total in ms too)",
+                [[name, f"{r['total']:.0f} ms", f"{r['total'] / base:.2f}",
+                  *(f"{r[s] / base:.3f}" for s in STAGES)] for name, r in local.items()],
+                ["image", "total", "ratio", *STAGES])
+
+    if not args.no_http:
+        env = {"U2NET_MODEL": args.model, "U2NET_WEIGHTS": str(weights),
+               "U2NET_DEVICE": args.device, "U2NET_ENGINE": args.engine,
+               "U2NET_CACHE_DIR": str(tmp / "cache"), "MAX_IMAGE_PIXELS": str(10**8)}
+        server = Server(root, env)
+        try:
+            server.wait_ready()
+            http = over_http(server, paths, repeat)
+            report["http"] = http
+            print_table("over HTTP, production server (gunicorn_conf.py)",
+                        [[n, f"{ms:.0f} ms", f"{ms / base:.2f}"] for n, ms in http.items()],
+                        ["image", "total", "ratio"])
+            rows = [concurrency(server, paths["1920x1080 JPEG"], c, 3 if args.quick else 6)
+                    for c in (1, 2, 4)]
+            report["concurrency"] = rows
+            print_table("1920x1080 JPEG, concurrent clients (throughput x bare forward time)",
+                        [[r["clients"], f"{r['throughput_per_s']:.2f}/s",
+                          f"{r['throughput_per_s'] * base / 1000:.2f}", f"{r['p50_ms']:.0f} ms",
+                          f"{r['p99_ms']:.0f} ms"] for r in rows],
+                        ["clients", "throughput", "x 1/forward", "p50", "p99"])
+            for _ in range(2):
+                server.post(paths["4000x3000 JPEG"], "/bench/big.png")
+            report["peak_rss_mb_4000x3000"] = server.rss_mb()[1]
+            print(f"\npeak RSS of the worker after 4000x3000 requests: "
+                  f"{report['peak_rss_mb_4000x3000']:.0f} MB")
+            if args.soak:
+                report["soak"] = soak(server, paths["4000x3000 JPEG"], args.soak)
+                print(f"soak, {args.soak} x 4000x3000: RSS MB {report['soak']['rss_mb_samples']}; "
+                      f"growth after warm-up {report['soak']['growth_after_warmup_pct']:.1f} %")
+        finally:
+            server.stop()
+        steady = report["http"]["1920x1080 JPEG"]
+        report["first_request_ratio"] = first_request_after_ready(root, env,
+                                                                  paths["1920x1080 JPEG"], steady)
+        print(f"first 1920x1080 request after ready / steady state: "
+              f"{report['first_request_ratio']:.2f}")
+
+    if args.rembg:
+        from compare_rembg import compare
+
+        report["rembg"] = compare(paths, root, tmp, repeat)
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "benchmark.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwritten {OUT / 'benchmark.json'}")
+    runtime.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
