@@ -22,6 +22,7 @@ from bgservice.errors import BadRequest, ServiceError
 from bgservice.paths import SharedRoot
 from bgservice.pipeline import BackgroundRemover
 from GlobalVariables import Settings, SettingsError, configure_logging
+from u2net.memory import limit_malloc_arenas
 from u2net.registry import UnknownModel
 from u2net.runtime import ModelRuntime
 from u2net.weights import WeightsError
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
                *, warm_up_in_background: bool = True) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
+    limit_malloc_arenas()  # before the request threads exist: keeps RSS flat over time
     root = open_shared_root(settings)
     if runtime is None:
         try:

@@ -32,8 +32,10 @@ ENV U2NET_MODEL=${U2NET_MODEL} \
 RUN bgremove download "${U2NET_MODEL}" --quiet \
         ${U2NET_WEIGHTS_SHA256:+--sha256 "${U2NET_WEIGHTS_SHA256}"}
 
+# The ONNX export cache (CPU deployments) must be writable by the service user.
 RUN useradd --system --uid 10001 --no-create-home --home-dir /app u2net \
-    && mkdir -p /OpenCloneFS && chown u2net /OpenCloneFS
+    && mkdir -p /OpenCloneFS /app/saved_models/.cache \
+    && chown u2net /OpenCloneFS /app/saved_models/.cache
 USER u2net
 
 EXPOSE 5002

@@ -59,7 +59,7 @@ class Settings:
     cache_dir: Path | None = None
     # Dynamic batching (U2NET_MAX_BATCH, U2NET_BATCH_WAIT_MS) and the bound on waiting work
     # (U2NET_MAX_QUEUE); beyond it requests get 503 with Retry-After.
-    max_batch: int = 8
+    max_batch: int = 0  # 0 = auto: 8 on CUDA, 1 on CPU
     batch_wait_ms: float = 0.0
     max_queue: int = 32
     # A request waits at most this long for the network (U2NET_REQUEST_TIMEOUT_S): below the
@@ -92,7 +92,7 @@ class Settings:
             engine=env.get("U2NET_ENGINE", "").strip() or cls.engine,
             cache_dir=_path(env, "U2NET_CACHE_DIR"),
             precision=env.get("U2NET_PRECISION", "").strip() or cls.precision,
-            max_batch=_number(env, "U2NET_MAX_BATCH", cls.max_batch, 1, 256),
+            max_batch=_number(env, "U2NET_MAX_BATCH", cls.max_batch, 0, 256),
             batch_wait_ms=_number(env, "U2NET_BATCH_WAIT_MS", cls.batch_wait_ms, 0, 1000, float),
             max_queue=_number(env, "U2NET_MAX_QUEUE", cls.max_queue, 1, 10_000),
             request_timeout_s=_number(env, "U2NET_REQUEST_TIMEOUT_S", cls.request_timeout_s, 1, 3600,

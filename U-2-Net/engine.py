@@ -14,6 +14,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -113,17 +114,20 @@ def export_onnx(net: U2Net, input_size: int) -> bytes:
     return buf.getvalue()
 
 
-def onnx_model_bytes(net: U2Net, input_size: int, cache_dir: Path | None, weights_id: str) -> bytes:
+def onnx_model_bytes(build: Callable[[], U2Net], input_size: int, cache_dir: Path | None,
+                     weights_id: str) -> bytes:
     """The exported model, from the cache when this exact weights file was exported before.
 
-    Export takes seconds for U2NET, so each (weights, torch version, opset) is exported once and
-    kept in `cache_dir`; an unwritable cache only costs the export at every start.
+    `build` (which loads the PyTorch network strictly) runs only on a cache miss: a hit is keyed
+    by the weights file's SHA-256, so those exact bytes loaded strictly when they were exported.
+    Export takes seconds for U2NET, so each (weights, torch version, opset) is exported once; an
+    unwritable cache only costs the export at every start.
     """
     key = hashlib.sha256(f"{weights_id}|{torch.__version__}|{ONNX_OPSET}|{input_size}".encode())
     path = Path(cache_dir) / f"{key.hexdigest()[:24]}.onnx" if cache_dir else None
     if path and path.is_file():
         return path.read_bytes()
-    data = export_onnx(net, input_size)
+    data = export_onnx(build(), input_size)
     if path:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

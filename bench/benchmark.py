@@ -160,8 +160,8 @@ class Server:
     def rss_mb(self) -> tuple[float, float]:
         """(current, peak) resident memory of the worker, MB."""
         status = Path(f"/proc/{self.worker_pid()}/status").read_text()
-        fields = {line.split(":")[0]: line.split()[1] for line in status.splitlines() if ":" in line}
-        return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
 
     def post(self, source: str, output: str, threshold: int = 0) -> float:
         import requests

@@ -253,7 +253,7 @@ def test_health_ready_and_model_info(client, runtime):
     assert info["model"] == "u2netp" and info["architecture"] == "U2NETP"
     assert info["device"].startswith("cpu") and info["precision"] == "fp32"
     assert info["engine"] == "onnxruntime"  # the fastest exact engine on CPU
-    assert len(info["weights_sha256"]) == 64 and info["max_batch_size"] == 8
+    assert len(info["weights_sha256"]) == 64 and info["max_batch_size"] == 1  # auto on CPU
     assert info["ready"] is True
 
 
