@@ -59,16 +59,18 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     configure_logging(settings.log_level)
     limit_malloc_arenas()  # before the request threads exist: keeps RSS flat over time
     root = open_shared_root(settings)
-    if runtime is None:
+    own_runtime = runtime is None
+    if own_runtime:
         try:
             runtime = ModelRuntime.load(settings.runtime_options())
         except (WeightsError, UnknownModel) as exc:
             log.error("refusing to start: %s", exc)
             raise
-        runtime.start(background=warm_up_in_background)
     remover = BackgroundRemover(runtime, max_image_pixels=settings.max_image_pixels,
                                 max_source_bytes=settings.max_source_bytes,
                                 request_timeout_s=settings.request_timeout_s)
+    if own_runtime:
+        runtime.start(background=warm_up_in_background, then=remover.warm_up)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BYTES

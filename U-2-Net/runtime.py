@@ -12,7 +12,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 
@@ -44,6 +46,20 @@ class RuntimeOptions:
     warmup_runs: int = 2
 
 
+def calibration_input(spec: ModelSpec) -> np.ndarray:
+    """A deterministic photo-like input (smooth colour field, texture, a subject) as a batch of 1,
+    for measuring which layers must stay in fp32 under reduced precision."""
+    size = spec.input_size
+    rng = np.random.default_rng(1234)
+    coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    field = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    yy, xx = np.mgrid[0:size, 0:size]
+    subject = ((yy - size * 0.55) / 0.35) ** 2 + ((xx - size * 0.5) / 0.22) ** 2 < (size * 0.5) ** 2
+    image = field.astype(np.int16) + rng.integers(-12, 13, field.shape)
+    image[subject] = image[subject] // 2 + 90
+    return to_model_input(np.clip(image, 0, 255).astype(np.uint8), spec)[None]
+
+
 class ModelRuntime:
     def __init__(self, spec: ModelSpec, weights_path: Path, predictor, options: RuntimeOptions,
                  weights_sha256: str | None = None):
@@ -71,14 +87,15 @@ class ModelRuntime:
         started = time.perf_counter()
         sha256 = file_digest(path)
         device = choose_device(options.device)
-        engine = choose_engine(options.engine, device)
+        engine = choose_engine(options.engine, device, options.precision)
         if engine == "onnxruntime":
             model = onnx_model_bytes(lambda: build_model(spec, path), spec.input_size,
                                      options.cache_dir, sha256)
             predictor = OnnxPredictor(model, options.precision)
             del model
         else:
-            predictor = TorchPredictor(build_model(spec, path), device, options.precision)
+            predictor = TorchPredictor(build_model(spec, path), device, options.precision,
+                                       calibration=torch.from_numpy(calibration_input(spec)))
         release_free_memory()  # the PyTorch copy and the export are garbage now
         log.info("loaded %s (%s) from %s (sha256 %s) on %s with %s, %s, in %.2f s", spec.name,
                  spec.architecture, path, sha256, describe_device(device), engine,
@@ -94,14 +111,15 @@ class ModelRuntime:
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
 
-    def start(self, background: bool = True) -> None:
-        """Warm up (and checksum the weights), then report ready."""
+    def start(self, background: bool = True, then: Callable[[], None] | None = None) -> None:
+        """Warm the network up, run `then` (a caller's own warm-up), and only then report ready."""
         if background:
-            threading.Thread(target=self._warm_up, name="u2net-warmup", daemon=True).start()
+            threading.Thread(target=self._warm_up, args=(then,), name="u2net-warmup",
+                             daemon=True).start()
         else:
-            self._warm_up()
+            self._warm_up(then)
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, then: Callable[[], None] | None = None) -> None:
         try:
             started = time.perf_counter()
             size = self.spec.input_size
@@ -114,6 +132,8 @@ class ModelRuntime:
                 full = np.stack([to_model_input(dummy, self.spec)] * self.max_batch)
                 self.predictor(full)
                 torch.cuda.synchronize()
+            if then is not None:
+                then()
             self.warmup_seconds = time.perf_counter() - started
             release_free_memory()
             self._ready.set()
@@ -156,6 +176,7 @@ class ModelRuntime:
             "device": describe_device(self.predictor.device),
             "engine": self.predictor.engine,
             "precision": self.predictor.precision,
+            "fp32_layers": getattr(self.predictor, "fp32_layers", []),
             "input_size": self.spec.input_size,
             "max_batch_size": self.max_batch,
             "max_batch_wait_ms": self.options.max_wait_ms,

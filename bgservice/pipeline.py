@@ -5,6 +5,7 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 
+import cv2
 import numpy as np
 
 import Image_PostProcesser as post
@@ -52,6 +53,18 @@ class BackgroundRemover:
             raise Unavailable(f"the service is busy: {exc}; retry shortly", retry_after=2) from None
         except FutureTimeout:
             raise Unavailable("the model did not answer in time; retry shortly", retry_after=5) from None
+
+    def warm_up(self, width: int = 1920, height: int = 1080) -> None:
+        """Run a synthetic photo through every stage but the write, so that the first real
+        request finds codecs, thread pools and the allocator warm (measured: without this the
+        first 1080p request after ready took 1.5x a steady one)."""
+        rng = np.random.default_rng(0)
+        rgb = cv2.resize(rng.integers(0, 256, (9, 16, 3), dtype=np.uint8), (width, height),
+                         interpolation=cv2.INTER_CUBIC)
+        ok, jpeg = cv2.imencode(".jpg", rgb)
+        image = decode_image(jpeg.tobytes(), self.max_image_pixels)
+        mask = self.mask(image)
+        encode_png(post.apply_threshold(image.rgb, image.alpha, mask, 0))
 
     def remove_paths(self, root: SharedRoot, source: str, output: str, threshold: int) -> dict:
         """The website's call: cut out `source` into `output` (both relative to `root`)."""
