@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from bgservice.errors import BadRequest, ServiceError
 from bgservice.paths import SharedRoot
 from bgservice.pipeline import BackgroundRemover
+import Image_PostProcesser as post
 from GlobalVariables import Settings, SettingsError, configure_logging
 from u2net.memory import limit_malloc_arenas
 from u2net.registry import UnknownModel
@@ -29,8 +30,9 @@ from u2net.weights import WeightsError
 
 log = logging.getLogger("u2net_service.api")
 
-REMOVE_FIELDS = ("sourceImagePath", "outputImagePath", "threshold")
+REMOVE_FIELDS = ("sourceImagePath", "outputImagePath", "threshold", "mode")
 MAX_JSON_BYTES = 64 * 1024
+DEFAULT_THRESHOLD = 254  # the OpenClone post-processor's documented default
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,23 @@ def _threshold(body: dict, default: int) -> int:
     return value
 
 
-def _parse_remove_request(body: dict, default_threshold: int) -> tuple[str, str, int]:
+def _mode(body: dict, default_mode: str) -> tuple[str, int | None]:
+    """(mode, threshold): 'threshold' whenever a threshold is sent (the website's requests keep
+    their meaning), else the requested mode, else the default (chosen by measurement)."""
+    mode = body.get("mode")
+    has_threshold = body.get("threshold") is not None
+    if mode is None:
+        mode = "threshold" if has_threshold else default_mode
+    if not isinstance(mode, str) or mode not in post.MODES:
+        raise BadRequest(f"'mode' must be one of {', '.join(post.MODES)}, got {mode!r}"[:200])
+    if mode != "threshold":
+        if has_threshold:
+            raise BadRequest(f"'threshold' applies to mode 'threshold' only, not {mode!r}")
+        return mode, None
+    return mode, _threshold(body, DEFAULT_THRESHOLD)
+
+
+def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str, int | None]:
     unknown = sorted(set(body) - set(REMOVE_FIELDS))
     if unknown:
         raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; "
@@ -116,7 +134,8 @@ def _parse_remove_request(body: dict, default_threshold: int) -> tuple[str, str,
     for name in REMOVE_FIELDS[:2]:
         if name not in body:
             raise BadRequest(f"'{name}' is required")
-    return body["sourceImagePath"], body["outputImagePath"], _threshold(body, default_threshold)
+    mode, threshold = _mode(body, default_mode)
+    return body["sourceImagePath"], body["outputImagePath"], mode, threshold
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -141,9 +160,9 @@ def _register_routes(app: Flask) -> None:
     @app.post("/remove-background")
     def remove_background():
         state = _state()
-        source, output, threshold = _parse_remove_request(_json_object(),
-                                                          state.settings.default_threshold)
-        result = state.remover.remove_paths(state.root, source, output, threshold)
+        source, output, mode, threshold = _parse_remove_request(_json_object(),
+                                                                state.settings.default_mode)
+        result = state.remover.remove_paths(state.root, source, output, mode, threshold)
         return jsonify(result)
 
 

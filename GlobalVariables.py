@@ -36,6 +36,13 @@ def _number(env: Mapping[str, str], name: str, default, lo, hi, kind=int):
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _path(env: Mapping[str, str], name: str) -> Path | None:
     raw = env.get(name, "").strip()
     return Path(raw).expanduser() if raw else None
@@ -69,8 +76,10 @@ class Settings:
     # 50 MP covers 8K and phone photos) and source file size (MAX_SOURCE_MB).
     max_image_pixels: int = 50_000_000
     max_source_bytes: int = 100 * 1024 * 1024
-    # The OpenClone post-processor's documented default threshold.
-    default_threshold: int = 254
+    # The output mode for callers that send neither `mode` nor `threshold` (U2NET_DEFAULT_MODE):
+    # refine, by measurement (README, "Cut-out quality"). A sent threshold always means the
+    # OpenClone threshold rule.
+    default_mode: str = "refine"
     port: int = 5002
     log_level: str = "INFO"
     warmup_runs: int = 2
@@ -99,7 +108,8 @@ class Settings:
                                       float),
             max_image_pixels=_number(env, "MAX_IMAGE_PIXELS", cls.max_image_pixels, 1, 1_000_000_000),
             max_source_bytes=_number(env, "MAX_SOURCE_MB", cls.max_source_bytes >> 20, 1, 10_000) << 20,
-            default_threshold=cls.default_threshold,
+            default_mode=_choice(env, "U2NET_DEFAULT_MODE", cls.default_mode,
+                                 ("threshold", "soft", "refine")),
             port=_number(env, "PORT", cls.port, 1, 65535),
             log_level=level,
             warmup_runs=_number(env, "U2NET_WARMUP_RUNS", cls.warmup_runs, 0, 100),

@@ -112,7 +112,7 @@ def in_process(remover, root, paths, repeat) -> dict:
         stage_runs, totals = [], []
         for i in range(repeat + 1):
             t = time.perf_counter()
-            out = remover.remove_paths(root, path, f"/bench/out-{i % 2}.png", 0)
+            out = remover.remove_paths(root, path, f"/bench/out-{i % 2}.png", "threshold", 0)
             if i:  # the first run of each size is a warm-up
                 totals.append((time.perf_counter() - t) * 1000)
                 stage_runs.append(out["timings_ms"])
@@ -180,7 +180,8 @@ class Server:
 def over_http(server: Server, paths: dict, repeat: int) -> dict:
     results = {}
     for name, path in paths.items():
-        server.post(path, "/bench/http-warm.png")
+        for _ in range(2):  # the allocator and page cache settle over the first requests
+            server.post(path, "/bench/http-warm.png")
         results[name] = statistics.median(server.post(path, f"/bench/http-{i}.png")
                                           for i in range(repeat))
     return results
@@ -265,7 +266,14 @@ def main() -> int:
           f"engine {report['engine']}  precision {report['precision']}  "
           f"cores {report['cores']}  torch threads {report['torch_threads']}")
 
-    base = bare_forward_ms(spec.architecture, device, repeat)
+    def baseline(section: str) -> float:
+        """Re-measured before each section: a shared machine's speed drifts within a run."""
+        ms = bare_forward_ms(spec.architecture, device, repeat)
+        report.setdefault("baselines_ms", {})[section] = ms
+        print(f"\n[baseline for {section}: bare PyTorch fp32 eager forward {ms:.0f} ms]")
+        return ms
+
+    base = baseline("engine")
     x = np.zeros((1, 3, 320, 320), np.float32)
     engine_ms = median_ms(lambda: runtime.predictor(x), repeat, warmup=2)
     report.update(bare_forward_ms=base, engine_forward_ms=engine_ms)
@@ -275,6 +283,7 @@ def main() -> int:
     paths = make_inputs(root)
     remover = BackgroundRemover(runtime, max_image_pixels=10**8, max_source_bytes=1 << 30,
                                 request_timeout_s=300)
+    base = baseline("in-process")
     local = in_process(remover, SharedRoot(root), paths, repeat)
     report["in_process"] = local
     print_table("in-process request, threshold 0 (ratios to the baseline; total in ms too)",
@@ -289,11 +298,13 @@ def main() -> int:
         server = Server(root, env)
         try:
             server.wait_ready()
+            base = baseline("http")
             http = over_http(server, paths, repeat)
             report["http"] = http
             print_table("over HTTP, production server (gunicorn_conf.py)",
                         [[n, f"{ms:.0f} ms", f"{ms / base:.2f}"] for n, ms in http.items()],
                         ["image", "total", "ratio"])
+            base = baseline("concurrency")
             rows = [concurrency(server, paths["1920x1080 JPEG"], c, 3 if args.quick else 6)
                     for c in (1, 2, 4)]
             report["concurrency"] = rows

@@ -58,7 +58,8 @@ def compare(paths: dict, root: Path, tmp: Path, repeat: int) -> dict:
     for name in ("1920x1080 JPEG", "4000x3000 JPEG"):
         path = paths[name]
         theirs_ms = _median_ms(lambda: run_rembg(path), repeat)
-        ours_ms = _median_ms(lambda: ours.remove_paths(shared_root, path, "/bench/ours.png", 200),
+        ours_ms = _median_ms(lambda: ours.remove_paths(shared_root, path, "/bench/ours.png",
+                                                        "threshold", 200),
                              repeat)
         results[name] = {"rembg_ms": theirs_ms, "ours_ms": ours_ms, "speedup": theirs_ms / ours_ms}
         print(f"  {name}: rembg {theirs_ms:.0f} ms, ours {ours_ms:.0f} ms, "

@@ -2,6 +2,7 @@
 
     bgremove download [NAME]   fetch a model's weights from its official source and verify them
     bgremove models            list the models the service knows
+    bgremove evaluate DATA     score modes on images with ground truth (CSV + contact sheet)
     bgremove serve             the development server (production: gunicorn -c gunicorn_conf.py)
 
 Defaults come from the same settings as the service (GlobalVariables: U2NET_MODEL,
@@ -43,6 +44,37 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _load_runtime(args: argparse.Namespace, settings: Settings):
+    """The model for a command: the service's settings, with --model / --weights on top."""
+    from u2net.runtime import ModelRuntime
+
+    changes = {k: v for k, v in (("model", args.model), ("weights", args.weights)) if v}
+    runtime = ModelRuntime.load(settings.with_(**changes).runtime_options())
+    runtime.start(background=False)
+    return runtime
+
+
+def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from .evaluate import ModeSpec, evaluate
+
+    try:
+        modes = [ModeSpec.parse(m) for m in (args.mode or ["soft", "refine", "threshold:200"])]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    runtime = _load_runtime(args, settings)
+    rows, summary = evaluate(args.data, modes, runtime.mask_for, out=args.out)
+    keys = ("iou", "boundary_f", "mae", "sad_unknown", "grad_unknown", "post_ms")
+    print(f"\n{'mode':16s} {'stat':6s} " + " ".join(f"{k:>12s}" for k in keys))
+    for entry in summary:
+        print(f"{entry['mode']:16s} {entry['stat']:6s} "
+              + " ".join(f"{entry[k]:12.4f}" if k in entry else f"{'-':>12s}" for k in keys))
+    if args.out:
+        print(f"\nwritten {args.out}/results.csv, summary.csv, contact_sheet.png")
+    runtime.close()
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import API
 
@@ -68,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     get.set_defaults(run=_cmd_download)
 
     sub.add_parser("models", help="list the known models").set_defaults(run=_cmd_models)
+
+    ev = sub.add_parser("evaluate", help="score the pipeline on images with ground-truth mattes")
+    ev.add_argument("data", type=Path, help="folder with images/, masks/ and optional trimaps/")
+    ev.add_argument("--mode", action="append",
+                    help="soft, refine or threshold:N (repeatable; default: all three)")
+    ev.add_argument("--model", help="model name (default: $U2NET_MODEL)")
+    ev.add_argument("--weights", type=Path, help="weights file (default: $U2NET_WEIGHTS)")
+    ev.add_argument("--out", type=Path, help="write results.csv, summary.csv, contact_sheet.png")
+    ev.set_defaults(run=_cmd_evaluate)
     sub.add_parser("serve", help="run the development server on $PORT (5002)").set_defaults(
         run=_cmd_serve)
     return parser

@@ -66,7 +66,8 @@ class BackgroundRemover:
         mask = self.mask(image)
         encode_png(post.apply_threshold(image.rgb, image.alpha, mask, 0))
 
-    def remove_paths(self, root: SharedRoot, source: str, output: str, threshold: int) -> dict:
+    def remove_paths(self, root: SharedRoot, source: str, output: str, mode: str = "threshold",
+                     threshold: int | None = 254) -> dict:
         """The website's call: cut out `source` into `output` (both relative to `root`)."""
         watch = Stopwatch()
         src = root.source(source)
@@ -78,7 +79,7 @@ class BackgroundRemover:
             image = decode_image(data, self.max_image_pixels)
         mask = self.mask(image, watch.ms)  # resize, forward, upsample
         with watch.stage("compose"):
-            rgba = post.apply_threshold(image.rgb, image.alpha, mask, threshold)
+            rgba = post.cut_out(image.rgb, image.alpha, mask, mode, threshold)
         with watch.stage("encode"):
             png = encode_png(rgba)
         with watch.stage("write"):
@@ -88,7 +89,7 @@ class BackgroundRemover:
             "outputImagePath": output,
             "width": width,
             "height": height,
-            "mode": "threshold",
+            "mode": mode,
             "threshold": threshold,
             "model": self.runtime.spec.name,
             "bytes": len(png),

@@ -39,17 +39,38 @@ def test_the_websites_exact_request(client, sandbox, runtime):
         "clone-image-no-bg.png", "clone-image-with-bg.png"]  # no mask file, no temporary
 
 
-@pytest.mark.parametrize("extra,threshold", [({}, 254), ({"threshold": None}, 254),
-                                             ({"threshold": 0}, 0), ({"threshold": 255}, 255)])
-def test_threshold_is_optional_and_defaults_to_254(client, sandbox, extra, threshold):
-    save_image(sandbox["root"] / "in.jpg", photo(), quality=95)
+@pytest.mark.parametrize("extra,mode,threshold", [
+    ({}, "refine", None),  # no threshold: the measured default mode
+    ({"threshold": None}, "refine", None),
+    ({"mode": "threshold"}, "threshold", 254),  # the OpenClone documented default
+    ({"threshold": 0}, "threshold", 0), ({"threshold": 255}, "threshold", 255),
+    ({"mode": "soft"}, "soft", None), ({"mode": "refine"}, "refine", None),
+])
+def test_mode_and_threshold(client, sandbox, runtime, extra, mode, threshold):
+    source = save_image(sandbox["root"] / "in.jpg", photo(), quality=95)
     response = client.post("/remove-background",
                            json={"sourceImagePath": "/in.jpg", "outputImagePath": "/o/out.png",
                                  **extra})
-    assert response.status_code == 200 and response.json["threshold"] == threshold
-    alpha = np.asarray(Image.open(sandbox["root"] / "o/out.png"))[..., 3]
+    assert response.status_code == 200, response.json
+    assert (response.json["mode"], response.json["threshold"]) == (mode, threshold)
+    got = np.asarray(Image.open(sandbox["root"] / "o/out.png"))
+    image = decode_image(source.read_bytes(), 10**8)
+    expected = post.cut_out(image.rgb, image.alpha, runtime.mask_for(image.rgb), mode, threshold)
+    np.testing.assert_array_equal(got, expected)
     if threshold == 0:
-        assert (alpha == 255).all()
+        assert (got[..., 3] == 255).all()
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"mode": "magic"}, "'mode' must be one of threshold, soft, refine"),
+    ({"mode": 3}, "'mode' must be one of"),
+    ({"mode": "soft", "threshold": 100}, "'threshold' applies to mode 'threshold' only"),
+])
+def test_bad_modes_are_400(client, sandbox, body, message):
+    save_image(sandbox["root"] / "in.png", photo())
+    response = client.post("/remove-background", json={
+        "sourceImagePath": "/in.png", "outputImagePath": "/o.png", **body})
+    assert response.status_code == 400 and message in response.json["error"]
 
 
 def test_alpha_and_exif_orientation_survive(client, sandbox, runtime):

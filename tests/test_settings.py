@@ -10,7 +10,7 @@ from GlobalVariables import PROJECT_ROOT, Settings, SettingsError
 
 def test_defaults():
     s = Settings.from_env({})
-    assert s.port == 5002 and s.model == "u2net_human_seg" and s.default_threshold == 254
+    assert s.port == 5002 and s.model == "u2net_human_seg" and s.default_mode == "refine"
     assert s.fs_root == PROJECT_ROOT / "OpenCloneFS" and not s.fs_root_from_env
     assert s.models_dir == PROJECT_ROOT / "saved_models" and s.weights is None
 
@@ -33,6 +33,7 @@ def test_environment_overrides():
     ({"PORT": "70000"}, "PORT must be between 1 and 65535"),
     ({"U2NET_BATCH_WAIT_MS": "soon"}, "U2NET_BATCH_WAIT_MS must be a number"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be"),
+    ({"U2NET_DEFAULT_MODE": "blur"}, "U2NET_DEFAULT_MODE must be one of"),
 ])
 def test_bad_values_are_named(env, message):
     with pytest.raises(SettingsError, match=message):

@@ -1,0 +1,148 @@
+"""Output modes and the quality harness: metrics against hand-computed values, modes against
+synthetic images with a known answer."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import Image_PostProcesser as post
+from bgservice import metrics
+from bgservice.evaluate import ModeSpec, evaluate
+
+
+# -- metrics on tiny arrays, by hand ------------------------------------------------------------
+
+def test_iou_mae_sad_mse_by_hand():
+    pred = np.array([[1.0, 0.6], [0.2, 0.0]])
+    gt = np.array([[1.0, 1.0], [0.0, 0.0]])
+    assert metrics.iou(pred, gt) == 1.0  # binarised at 0.5: identical
+    assert metrics.iou(np.array([[1.0, 0.0]]), np.array([[1.0, 1.0]])) == 0.5
+    assert metrics.mae(pred, gt) == pytest.approx((0 + 0.4 + 0.2 + 0) / 4)
+    assert metrics.sad(pred, gt) == pytest.approx(0.6 / 1000)
+    assert metrics.mse(pred, gt) == pytest.approx((0.16 + 0.04) / 4)
+    region = np.array([[False, True], [False, False]])
+    assert metrics.sad(pred, gt, region) == pytest.approx(0.4 / 1000)
+    assert metrics.mse(pred, gt, region) == pytest.approx(0.16)
+    assert metrics.iou(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
+
+
+def test_gradient_error_is_zero_for_equal_mattes_and_counts_missing_edges():
+    gt = np.zeros((20, 20))
+    gt[:, 10:] = 1.0
+    assert metrics.gradient_error(gt, gt) == 0.0
+    flat = np.full((20, 20), 0.5)
+    # A flat prediction misses all of the step's gradient.
+    err = metrics.gradient_error(flat, gt)
+    magnitude = metrics._gradient_magnitude(gt)
+    assert err == pytest.approx((magnitude**2).sum() / 1000)
+    # The kernel (sigma 1.4, epsilon 0.01): 9 taps; the 2-D kernel has unit L2 norm.
+    gauss, dgauss = metrics._gradient_kernels()
+    assert len(gauss) == 9 and np.outer(gauss, dgauss).__pow__(2).sum() == pytest.approx(1.0)
+    # Across a unit step the response is the sum of the kernel's taps on one side.
+    kernel = np.outer(gauss, dgauss)
+    assert magnitude[10, 10] == pytest.approx(abs(kernel[:, :5].sum()), rel=1e-6)
+
+
+def test_boundary_f_by_hand():
+    gt = np.zeros((30, 30))
+    gt[10:20, 10:20] = 1
+    assert metrics.boundary_f(gt, gt) == 1.0
+    shifted = np.zeros((30, 30))
+    shifted[12:22, 10:20] = 1  # 2 px off: within 3 px
+    assert metrics.boundary_f(shifted, gt) == 1.0
+    far = np.zeros((30, 30))
+    far[0:5, 0:5] = 1  # no boundary pixel within 3 px of the other's
+    assert metrics.boundary_f(far, gt) == 0.0
+
+
+# -- modes on a synthetic image with a known answer ----------------------------------------------
+
+def blurred_disc_scene(size=240, seed=0):
+    """A textured foreground disc with a soft (blurred) edge composited on a coloured background:
+    the true alpha and the true foreground colours are known."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    hard = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 3.2) ** 2).astype(np.float32)
+    alpha = cv2.GaussianBlur(hard, (0, 0), 3.0)
+    fg = np.empty((size, size, 3), np.float32)
+    fg[:] = (0.95, 0.85, 0.2)  # yellow subject
+    fg += rng.normal(0, 0.03, fg.shape).astype(np.float32)
+    bg = np.empty_like(fg)
+    bg[:] = (0.1, 0.3, 0.9)  # blue background that must not bleed in
+    image = alpha[:, :, None] * fg + (1 - alpha[:, :, None]) * bg
+    rgb = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    # The "model" mask: right place, but blurrier than the truth (as U2-Net's 320 px map is).
+    mask = np.clip(np.rint(cv2.GaussianBlur(hard, (0, 0), 7.0) * 255), 0, 255).astype(np.uint8)
+    return rgb, mask, alpha, np.clip(fg, 0, 1)
+
+
+def test_soft_mode_uses_the_mask_as_alpha_and_combines_input_alpha():
+    rgb, mask, _, _ = blurred_disc_scene(64)
+    out = post.soft_alpha(rgb, None, mask)
+    np.testing.assert_array_equal(out[:, :, 3], mask)
+    np.testing.assert_array_equal(out[:, :, :3], rgb)
+    half = np.full(mask.shape, 128, np.uint8)
+    out = post.soft_alpha(rgb, half, mask)
+    assert abs(int(out[32, 32, 3]) - round(int(mask[32, 32]) * 128 / 255)) <= 1
+
+
+def test_refine_recovers_alpha_and_foreground_better_than_soft():
+    rgb, mask, alpha, fg = blurred_disc_scene()
+    soft = post.cut_out(rgb, None, mask, "soft")
+    refined = post.cut_out(rgb, None, mask, "refine")
+    edge = (alpha > 0.05) & (alpha < 0.95)
+    soft_err = np.abs(soft[:, :, 3] / 255 - alpha)[edge].mean()
+    refine_err = np.abs(refined[:, :, 3] / 255 - alpha)[edge].mean()
+    assert refine_err < 0.9 * soft_err, (refine_err, soft_err)
+    # Foreground colour on the semi-transparent band: soft keeps the blended (blue-tinted) pixel,
+    # refine estimates the subject's own colour.
+    band = (alpha > 0.2) & (alpha < 0.8)
+    soft_fg_err = np.abs(soft[:, :, :3] / 255 - fg)[band].mean()
+    refine_fg_err = np.abs(refined[:, :, :3] / 255 - fg)[band].mean()
+    assert refine_fg_err < 0.5 * soft_fg_err, (refine_fg_err, soft_fg_err)
+
+
+def test_cut_out_dispatches_modes_and_rejects_unknown():
+    rgb, mask, _, _ = blurred_disc_scene(32)
+    np.testing.assert_array_equal(post.cut_out(rgb, None, mask, "threshold", 200),
+                                  post.apply_threshold(rgb, None, mask, 200))
+    with pytest.raises(ValueError, match="choose one of: threshold, soft, refine"):
+        post.cut_out(rgb, None, mask, "magic")
+
+
+# -- the harness ------------------------------------------------------------------------------
+
+def test_harness_scores_a_tiny_dataset_and_writes_its_outputs(tmp_path):
+    data = tmp_path / "data"
+    for sub in ("images", "masks", "trimaps"):
+        (data / sub).mkdir(parents=True)
+    rgb, mask, alpha, _ = blurred_disc_scene(48)
+    Image.fromarray(rgb).save(data / "images" / "disc.png")
+    Image.fromarray(np.rint(alpha * 255).astype(np.uint8)).save(data / "masks" / "disc.png")
+    trimap = np.where(alpha > 0.98, 255, np.where(alpha < 0.02, 0, 128)).astype(np.uint8)
+    Image.fromarray(trimap).save(data / "trimaps" / "disc.png")
+    modes = [ModeSpec.parse("threshold:128"), ModeSpec.parse("soft")]
+    rows, summary = evaluate(data, modes, lambda _rgb: mask, out=tmp_path / "out", log=lambda *_: None)
+    assert [r["mode"] for r in rows] == ["threshold:128", "soft"]
+    soft = rows[1]
+    expected_sad = np.abs(mask / 255 - alpha)[(trimap == 128)].sum() / 1000
+    assert soft["sad_unknown"] == pytest.approx(expected_sad, abs=1e-3)
+    assert {s["stat"] for s in summary} == {"mean", "median", "p10"}
+    with open(tmp_path / "out" / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    sheet = Image.open(tmp_path / "out" / "contact_sheet.png")
+    assert sheet.size[1] >= 2 * 160
+
+
+def test_mode_spec_parsing():
+    assert ModeSpec.parse("threshold:200") == ModeSpec("threshold:200", "threshold", 200)
+    assert ModeSpec.parse("threshold").threshold == 254
+    with pytest.raises(ValueError):
+        ModeSpec.parse("threshold:300")
+    with pytest.raises(ValueError):
+        ModeSpec.parse("sharpen")
