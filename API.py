@@ -13,12 +13,16 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from bgservice.errors import BadRequest, ServiceError
+from bgservice.openapi import openapi_spec
+from bgservice.options import parse_options
 from bgservice.paths import SharedRoot
 from bgservice.pipeline import BackgroundRemover
 import Image_PostProcesser as post
@@ -32,6 +36,8 @@ log = logging.getLogger("u2net_service.api")
 
 REMOVE_FIELDS = ("sourceImagePath", "outputImagePath", "threshold", "mode")
 MAX_JSON_BYTES = 64 * 1024
+MAX_BATCH_JOBS = 32
+WEB_DIR = Path(__file__).resolve().parent / "bgservice" / "web"
 DEFAULT_THRESHOLD = 254  # the OpenClone post-processor's documented default
 
 
@@ -41,6 +47,8 @@ class ServiceState:
     root: SharedRoot
     runtime: ModelRuntime
     remover: BackgroundRemover
+    # Batch jobs run side by side so that the dynamic batcher can put them in one forward pass.
+    jobs: ThreadPoolExecutor
 
 
 def open_shared_root(settings: Settings) -> SharedRoot:
@@ -74,10 +82,11 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     if own_runtime:
         runtime.start(background=warm_up_in_background, then=remover.warm_up)
 
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BYTES
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes  # JSON routes lower it to 64 KiB
     app.json.sort_keys = False
-    app.extensions["u2net"] = ServiceState(settings, root, runtime, remover)
+    app.extensions["u2net"] = ServiceState(settings, root, runtime, remover,
+                                           ThreadPoolExecutor(8, thread_name_prefix="batch-job"))
     _register_routes(app)
     _register_error_handlers(app)
     _register_request_log(app)
@@ -165,6 +174,89 @@ def _register_routes(app: Flask) -> None:
         result = state.remover.remove_paths(state.root, source, output, mode, threshold)
         return jsonify(result)
 
+    @app.post("/remove-background/batch")
+    def remove_background_batch():
+        """Several website calls in one request; each job succeeds or fails on its own."""
+        state = _state()
+        jobs = _batch_jobs(_json_object())
+        outcomes = list(state.jobs.map(lambda job: _run_job(state, *job), enumerate(jobs)))
+        failed = sum(1 for o in outcomes if o["status"] != 200)
+        return jsonify(succeeded=len(outcomes) - failed, failed=failed, jobs=outcomes)
+
+    @app.post("/api/remove")
+    def api_remove():
+        """Upload an image (multipart `file` or the raw body); get the cut-out's bytes back."""
+        state = _state()
+        data, values = _upload()
+        options = parse_options(values, state.settings.default_mode)
+        rendered = state.remover.process(data, options)
+        response = Response(rendered.data, mimetype=rendered.content_type)
+        bbox = ",".join(map(str, rendered.bbox)) if rendered.bbox else "none"
+        response.headers.update({
+            "X-Image-Size": f"{rendered.width}x{rendered.height}",
+            "X-Source-Size": f"{rendered.source_width}x{rendered.source_height}",
+            "X-Bounding-Box": bbox,
+            "X-Mode": "mask" if options.only_mask else options.mode,
+            "X-Model": state.runtime.spec.name,
+            "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in rendered.timings_ms.items()),
+            "Content-Disposition": f'inline; filename="cutout.{options.format}"',
+        })
+        if options.mode == "threshold":
+            response.headers["X-Threshold"] = str(options.threshold)
+        return response
+
+    @app.get("/openapi.json")
+    def openapi():
+        return jsonify(openapi_spec(_state().settings, MAX_BATCH_JOBS, MAX_JSON_BYTES))
+
+    @app.get("/")
+    def web_page():
+        """A page for trying it by hand (no external resources: works offline)."""
+        return send_from_directory(WEB_DIR, "index.html")
+
+
+def _upload() -> tuple[bytes, dict]:
+    """(image bytes, option strings) from a multipart form or a raw body plus query string."""
+    values = dict(request.args)
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise BadRequest("a multipart upload needs the image in a field named 'file'")
+        for key in request.form:
+            values[key] = request.form[key]
+        data = upload.read()
+    else:  # raw body; never parse it as a form (curl --data-binary sends a form content type)
+        data = request.get_data(cache=False, parse_form_data=False)
+    if not data:
+        raise BadRequest("send an image: a multipart field 'file', or the raw request body")
+    return data, values
+
+
+def _batch_jobs(body: dict) -> list:
+    unknown = sorted(set(body) - {"jobs"})
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; expected 'jobs'"[:300])
+    jobs = body.get("jobs")
+    if not isinstance(jobs, list) or not jobs:
+        raise BadRequest("'jobs' must be a non-empty list of remove-background requests")
+    if len(jobs) > MAX_BATCH_JOBS:
+        raise BadRequest(f"at most {MAX_BATCH_JOBS} jobs per batch, got {len(jobs)}")
+    return jobs
+
+
+def _run_job(state: ServiceState, index: int, job: object) -> dict:
+    try:
+        if not isinstance(job, dict):
+            raise BadRequest("each job must be a JSON object like the single call's body")
+        source, output, mode, threshold = _parse_remove_request(job, state.settings.default_mode)
+        result = state.remover.remove_paths(state.root, source, output, mode, threshold)
+        return {"index": index, "status": 200, "result": result}
+    except ServiceError as exc:
+        return {"index": index, "status": exc.status, "error": exc.message}
+    except Exception:  # one job's bug must not fail its neighbours; the log has the traceback
+        log.exception("batch job %d failed", index)
+        return {"index": index, "status": 500, "error": "internal error; the service log has the details"}
+
 
 # -- errors and logging -------------------------------------------------------------------------
 
@@ -196,6 +288,8 @@ def _register_request_log(app: Flask) -> None:
     @app.before_request
     def start_timer():
         g.started = time.perf_counter()
+        if request.path != "/api/remove":  # only uploads may be large
+            request.max_content_length = MAX_JSON_BYTES
 
     @app.after_request
     def log_request(response):

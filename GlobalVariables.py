@@ -76,6 +76,8 @@ class Settings:
     # 50 MP covers 8K and phone photos) and source file size (MAX_SOURCE_MB).
     max_image_pixels: int = 50_000_000
     max_source_bytes: int = 100 * 1024 * 1024
+    # Largest upload to /api/remove (MAX_UPLOAD_MB); beyond it, 413.
+    max_upload_bytes: int = 50 * 1024 * 1024
     # The output mode for callers that send neither `mode` nor `threshold` (U2NET_DEFAULT_MODE):
     # refine, by measurement (README, "Cut-out quality"). A sent threshold always means the
     # OpenClone threshold rule.
@@ -108,6 +110,7 @@ class Settings:
                                       float),
             max_image_pixels=_number(env, "MAX_IMAGE_PIXELS", cls.max_image_pixels, 1, 1_000_000_000),
             max_source_bytes=_number(env, "MAX_SOURCE_MB", cls.max_source_bytes >> 20, 1, 10_000) << 20,
+            max_upload_bytes=_number(env, "MAX_UPLOAD_MB", cls.max_upload_bytes >> 20, 1, 10_000) << 20,
             default_mode=_choice(env, "U2NET_DEFAULT_MODE", cls.default_mode,
                                  ("threshold", "soft", "refine")),
             port=_number(env, "PORT", cls.port, 1, 65535),

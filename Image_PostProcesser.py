@@ -19,8 +19,16 @@ import numpy as np
 MODES = ("threshold", "soft", "refine")
 
 
+def _tiny(array: np.ndarray) -> bool:
+    """OpenCV takes arrays of a few elements (1x1x3, 1x1x4) for scalars: below 16 pixels every
+    accelerated helper here falls back to plain numpy (speed is moot at that size)."""
+    return array.shape[0] * array.shape[1] < 16
+
+
 def compose_rgba(rgb: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
     """RGB plus alpha (opaque when None) -> one new H x W x 4 RGBA array."""
+    if _tiny(rgb):
+        return np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8) if alpha is None else alpha])
     # OpenCV does this in one SIMD pass: ~8 ms at 12 MP against ~40 ms for numpy slice copies.
     if alpha is None:
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
@@ -42,6 +50,9 @@ def apply_threshold(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray,
     rgba = compose_rgba(rgb, alpha)
     if threshold == 0:
         return rgba
+    if _tiny(rgb):
+        rgba[mask < threshold] = 0
+        return rgba
     # A masked AND into a fresh array: pixels outside `keep` come out all zero. ~10x faster than
     # numpy boolean indexing at 12 MP (21 ms against 190 ms), and the same result bit for bit.
     keep = cv2.compare(mask, threshold, cv2.CMP_GE)
@@ -52,6 +63,8 @@ def _combine_alpha(mask: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
     """The cut-out's alpha: the mask, times the input's own alpha where it had one."""
     if alpha is None:
         return mask
+    if _tiny(mask):
+        return np.rint(mask.astype(np.float32) * alpha / 255).astype(np.uint8)
     return cv2.multiply(mask, alpha, scale=1 / 255)
 
 
@@ -159,6 +172,13 @@ def refine_alpha(guide4: np.ndarray, mask: np.ndarray, params: RefineParams = RE
     return cv2.min(cv2.max(guided_filter(guide4, src, radius, params.eps, scale), 0), 1)
 
 
+def _saturating_add(rgb: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """uint8 + int16 clipped to 0..255, in one OpenCV pass (numpy for tiny images)."""
+    if _tiny(rgb):
+        return np.clip(rgb.astype(np.int16) + delta, 0, 255).astype(np.uint8)
+    return cv2.add(rgb, delta, dtype=cv2.CV_8U)
+
+
 def refine(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray,
            params: RefineParams = REFINE) -> np.ndarray:
     """Edge-aware alpha plus estimated foreground colours (no background colour bleeding).
@@ -167,6 +187,8 @@ def refine(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray,
     0.1 MP and only its correction (F - image) is upsampled and added back: the correction is
     smooth, and fully opaque pixels keep their full-resolution detail untouched."""
     _check(rgb, mask)
+    if _tiny(rgb):  # no edges to follow in a handful of pixels
+        return soft_alpha(rgb, alpha, mask)
     guide4 = guide_image(rgb)
     guide = guide4[:, :, :3]
     a = refine_alpha(guide4, mask, params)
@@ -183,7 +205,7 @@ def refine(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray,
     correction = correction.astype(np.int16)
     if shrink > 1:
         correction = cv2.resize(correction, (w, h), interpolation=cv2.INTER_LINEAR)
-    fg8 = cv2.add(rgb, correction, dtype=cv2.CV_8U)
+    fg8 = _saturating_add(rgb, correction)
     alpha8 = cv2.convertScaleAbs(a, alpha=255)  # a is in [0, 1]: rounds and saturates
     return compose_rgba(fg8, _combine_alpha(alpha8, alpha))
 
@@ -198,3 +220,28 @@ def cut_out(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray, mode: s
     if mode == "refine":
         return refine(rgb, alpha, mask)
     raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+
+
+def composite_on_color(rgba: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
+    """The cut-out laid over a solid colour: H x W x 3 RGB (alpha blended, then opaque)."""
+    alpha = rgba[:, :, 3:4].astype(np.float32) * np.float32(1 / 255)
+    background = np.asarray(color, np.float32)
+    blended = rgba[:, :, :3].astype(np.float32) * alpha + background * (1 - alpha)
+    return np.rint(blended).astype(np.uint8)
+
+
+SUBJECT_ALPHA = 16  # alpha (0-255) from which a pixel counts as subject for bounding boxes
+
+
+def subject_bbox(alpha: np.ndarray, padding: int = 0) -> tuple[int, int, int, int] | None:
+    """(x, y, width, height) of the pixels with alpha >= SUBJECT_ALPHA, grown by `padding` and
+    clipped to the image; None when there is no subject."""
+    subject = (alpha >= SUBJECT_ALPHA).view(np.uint8) if _tiny(alpha) else \
+        cv2.compare(alpha, SUBJECT_ALPHA, cv2.CMP_GE)
+    points = cv2.findNonZero(subject)
+    if points is None:
+        return None
+    x, y, w, h = cv2.boundingRect(points)
+    x0, y0 = max(0, x - padding), max(0, y - padding)
+    x1, y1 = min(alpha.shape[1], x + w + padding), min(alpha.shape[0], y + h + padding)
+    return x0, y0, x1 - x0, y1 - y0

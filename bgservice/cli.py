@@ -1,5 +1,6 @@
 """The project's command line: `bgremove` (or `python -m bgservice`).
 
+    bgremove remove IN... [-o OUT]   cut out files, folders (recursively) or stdin (-)
     bgremove download [NAME]   fetch a model's weights from its official source and verify them
     bgremove models            list the models the service knows
     bgremove evaluate DATA     score modes on images with ground truth (CSV + contact sheet)
@@ -7,7 +8,7 @@
 
 Defaults come from the same settings as the service (GlobalVariables: U2NET_MODEL,
 U2NET_MODELS_DIR, ...), so `bgremove download` fetches exactly what the service will look for.
-Exit codes: 0 done, 1 the operation failed, 2 bad usage or settings.
+Exit codes: 0 done, 1 the operation (or, for remove, some file) failed, 2 bad usage or settings.
 """
 from __future__ import annotations
 
@@ -75,6 +76,85 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def _plan(inputs: list[str], output: Path | None, fmt: str) -> list[tuple[object, object]]:
+    """(source, destination) pairs; '-' stands for stdin / stdout. Folders are walked
+    recursively and their tree is kept under the output folder."""
+    def named(path: Path) -> str:
+        return f"{path.stem}-nobg.{fmt}"
+
+    as_folder = output is not None and (len(inputs) > 1 or output.is_dir()
+                                        or any(Path(i).is_dir() for i in inputs if i != "-"))
+    plan = []
+    for item in inputs:
+        if item == "-":
+            plan.append(("-", output if output and not as_folder else "-"))
+            continue
+        src = Path(item)
+        if src.is_dir():
+            base = output if output else src.with_name(f"{src.name}-nobg")
+            for f in sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+                plan.append((f, base / f.relative_to(src).with_suffix(f".{fmt}")))
+        elif output is None:
+            plan.append((src, src.with_name(named(src))))
+        else:
+            plan.append((src, output / named(src) if as_folder else output))
+    return plan
+
+
+def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from .errors import BadRequest, ServiceError
+    from .options import parse_options
+    from .paths import atomic_write
+    from .pipeline import BackgroundRemover
+
+    given = {"mode": args.mode, "threshold": None if args.threshold is None else str(args.threshold),
+             "only_mask": "1" if args.only_mask else None, "bg_color": args.bg_color,
+             "crop": "1" if args.crop else None,
+             "padding": None if args.padding is None else str(args.padding), "format": args.format}
+    try:
+        options = parse_options({k: v for k, v in given.items() if v is not None},
+                                settings.default_mode)
+    except BadRequest as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    plan = _plan(args.inputs, args.output, options.format)
+    if not plan:
+        print("error: no images found in the given inputs", file=sys.stderr)
+        return 2
+    todo = [(s, d) for s, d in plan if d == "-" or args.overwrite or not Path(d).exists()]
+    skipped = len(plan) - len(todo)
+    runtime = _load_runtime(args, settings)
+    remover = BackgroundRemover(runtime, max_image_pixels=settings.max_image_pixels,
+                                max_source_bytes=settings.max_source_bytes,
+                                request_timeout_s=settings.request_timeout_s)
+    failed = 0
+    bar = tqdm(todo, unit="image", file=sys.stderr, disable=args.quiet or len(todo) < 2)
+    for src, dst in bar:
+        try:
+            data = sys.stdin.buffer.read() if src == "-" else Path(src).read_bytes()
+            rendered = remover.process(data, options)
+            if dst == "-":
+                sys.stdout.buffer.write(rendered.data)
+                sys.stdout.buffer.flush()
+            else:
+                Path(dst).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(Path(dst), rendered.data)
+        except (ServiceError, OSError) as exc:
+            failed += 1
+            message = exc.message if isinstance(exc, ServiceError) else exc.strerror or str(exc)
+            bar.write(f"error: {src}: {message}", file=sys.stderr)
+    runtime.close()
+    if not args.quiet and len(plan) > 1:
+        print(f"{len(todo) - failed} done, {failed} failed, {skipped} skipped (already there)",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import API
 
@@ -100,6 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
     get.set_defaults(run=_cmd_download)
 
     sub.add_parser("models", help="list the known models").set_defaults(run=_cmd_models)
+
+    rm = sub.add_parser("remove", help="remove the background from files, folders or stdin",
+                        description="Exit codes: 0 all done, 1 some file failed (one line each "
+                                    "on stderr), 2 bad usage.")
+    rm.add_argument("inputs", nargs="+", help="image files, folders (recursive), or - for stdin")
+    rm.add_argument("-o", "--output", type=Path,
+                    help="output file (one input) or folder (several inputs or a folder); "
+                         "default: <name>-nobg.<format> beside each input, <folder>-nobg/ for "
+                         "a folder, stdout for stdin")
+    rm.add_argument("--mode", choices=("threshold", "soft", "refine"),
+                    help="output mode (default: refine; a --threshold implies threshold)")
+    rm.add_argument("--threshold", type=int, help="OpenClone threshold 0-255")
+    rm.add_argument("--only-mask", action="store_true", help="write the grayscale mask")
+    rm.add_argument("--bg-color", help="composite onto this colour (#rrggbb or r,g,b)")
+    rm.add_argument("--crop", action="store_true", help="crop to the subject")
+    rm.add_argument("--padding", type=int, help="margin around the crop, in pixels")
+    rm.add_argument("--format", choices=("png", "webp"), default="png")
+    rm.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    rm.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    rm.add_argument("--model", help="model name (default: $U2NET_MODEL)")
+    rm.add_argument("--weights", type=Path, help="weights file (default: $U2NET_WEIGHTS)")
+    rm.set_defaults(run=_cmd_remove)
 
     ev = sub.add_parser("evaluate", help="score the pipeline on images with ground-truth mattes")
     ev.add_argument("data", type=Path, help="folder with images/, masks/ and optional trimaps/")

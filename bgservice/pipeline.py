@@ -8,12 +8,12 @@ from contextlib import contextmanager
 import cv2
 import numpy as np
 
-import Image_PostProcesser as post
 from u2net.batching import QueueFull
 from u2net.runtime import ModelRuntime
 
 from .errors import Unavailable
-from .imageio import DecodedImage, decode_image, encode_png, read_source
+from .imageio import DecodedImage, decode_image, read_source
+from .options import OutputOptions, Rendered, compose_output, encode_output
 from .paths import SharedRoot, atomic_write
 
 
@@ -64,35 +64,45 @@ class BackgroundRemover:
         ok, jpeg = cv2.imencode(".jpg", rgb)
         image = decode_image(jpeg.tobytes(), self.max_image_pixels)
         mask = self.mask(image)
-        encode_png(post.apply_threshold(image.rgb, image.alpha, mask, 0))
+        for options in (OutputOptions(mode="threshold", threshold=0), OutputOptions(mode="refine")):
+            encode_output(compose_output(image, mask, options)[0], options.format)
 
-    def remove_paths(self, root: SharedRoot, source: str, output: str, mode: str = "threshold",
-                     threshold: int | None = 254) -> dict:
-        """The website's call: cut out `source` into `output` (both relative to `root`)."""
-        watch = Stopwatch()
-        src = root.source(source)
-        dst = root.output(output)
+    def process(self, data: bytes, options: OutputOptions) -> Rendered:
+        """Image bytes -> the rendered output for `options` (the one pipeline for every caller)."""
         self.check_ready()
-        with watch.stage("read"):
-            data = read_source(src, self.max_source_bytes)
+        watch = Stopwatch()
         with watch.stage("decode"):
             image = decode_image(data, self.max_image_pixels)
         mask = self.mask(image, watch.ms)  # resize, forward, upsample
         with watch.stage("compose"):
-            rgba = post.cut_out(image.rgb, image.alpha, mask, mode, threshold)
+            pixels, bbox = compose_output(image, mask, options)
         with watch.stage("encode"):
-            png = encode_png(rgba)
-        with watch.stage("write"):
-            atomic_write(dst, png)
+            encoded = encode_output(pixels, options.format)
         width, height = image.size
+        return Rendered(encoded, options.content_type, pixels.shape[1], pixels.shape[0],
+                        width, height, bbox, watch.ms)
+
+    def remove_paths(self, root: SharedRoot, source: str, output: str, mode: str = "threshold",
+                     threshold: int | None = 254) -> dict:
+        """The website's call: cut out `source` into `output` (both relative to `root`)."""
+        src = root.source(source)
+        dst = root.output(output)
+        self.check_ready()
+        started = time.perf_counter()
+        data = read_source(src, self.max_source_bytes)
+        read_ms = round((time.perf_counter() - started) * 1000, 1)
+        rendered = self.process(data, OutputOptions(mode=mode, threshold=threshold))
+        started = time.perf_counter()
+        atomic_write(dst, rendered.data)
+        timings = {"read": read_ms, **rendered.timings_ms,
+                   "write": round((time.perf_counter() - started) * 1000, 1)}
         return {
             "outputImagePath": output,
-            "width": width,
-            "height": height,
+            "width": rendered.width,
+            "height": rendered.height,
             "mode": mode,
             "threshold": threshold,
             "model": self.runtime.spec.name,
-            "bytes": len(png),
-            "timings_ms": watch.ms,
+            "bytes": len(rendered.data),
+            "timings_ms": timings,
         }
-

@@ -1,4 +1,4 @@
-"""A lossless RGBA PNG encoder that compresses on every core.
+"""A lossless PNG encoder (gray, RGB, RGBA) that compresses on every core.
 
 Why hand-written: every PNG encoder on PyPI is single-threaded, and encoding is the largest cost
 outside the network (DESIGN.md section 3). Measured on the 2-core development machine for a
@@ -52,12 +52,16 @@ def _deflate(data: np.ndarray, last: bool, level: int) -> bytes:
     return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
-def encode_rgba_png(rgba: np.ndarray, level: int = LEVEL) -> bytes:
-    """H x W x 4 uint8 RGBA -> PNG bytes (lossless)."""
-    if rgba.ndim != 3 or rgba.shape[2] != 4 or rgba.dtype != np.uint8:
-        raise ValueError(f"expected an H x W x 4 uint8 array, got {rgba.shape} {rgba.dtype}")
-    height, width = rgba.shape[:2]
-    filtered = _filter_up(np.ascontiguousarray(rgba))
+_COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type: gray, RGB, RGBA
+
+
+def encode_png(pixels: np.ndarray, level: int = LEVEL) -> bytes:
+    """H x W (gray), H x W x 3 (RGB) or H x W x 4 (RGBA) uint8 -> PNG bytes (lossless)."""
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if pixels.dtype != np.uint8 or channels not in _COLOR_TYPES or pixels.ndim not in (2, 3):
+        raise ValueError(f"expected an H x W [x 1|3|4] uint8 array, got {pixels.shape} {pixels.dtype}")
+    height, width = pixels.shape[:2]
+    filtered = _filter_up(np.ascontiguousarray(pixels))
     strips = int(min(2 * _WORKERS, max(1, filtered.nbytes // _STRIP_BYTES), height))
     bounds = np.linspace(0, height, strips + 1).astype(int)
     parts = [filtered[bounds[i]:bounds[i + 1]] for i in range(strips)]
@@ -68,6 +72,6 @@ def encode_rgba_png(rgba: np.ndarray, level: int = LEVEL) -> bytes:
                                   [level] * strips))
     zlib_stream = (b"\x78\x01" + b"".join(deflated)
                    + struct.pack(">I", zlib_ng.adler32(filtered)))
-    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA, no interlace
+    header = struct.pack(">IIBBBBB", width, height, 8, _COLOR_TYPES[channels], 0, 0, 0)
     return (_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib_stream)
             + _chunk(b"IEND", b""))

@@ -186,7 +186,7 @@ def test_unexpected_errors_are_500_without_internals(client, sandbox, monkeypatc
     def broken(_):
         raise RuntimeError(f"disk exploded at {sandbox['root']}/secret/host/path")
 
-    monkeypatch.setattr(bgservice.pipeline, "encode_png", broken)
+    monkeypatch.setattr(bgservice.pipeline, "encode_output", lambda *_: broken(None))
     save_image(sandbox["root"] / "in.png", photo())
     response = client.post("/remove-background", json={"sourceImagePath": "/in.png",
                                                        "outputImagePath": "/o.png"})

@@ -114,6 +114,15 @@ def test_truncated_image_is_not_an_image():
         decode_image(data[: len(data) // 2], LIMIT)
 
 
+@pytest.mark.parametrize("channels,mode", [(None, "L"), (3, "RGB")])
+def test_png_gray_and_rgb_round_trip(channels, mode):
+    shape = (33, 47) if channels is None else (33, 47, channels)
+    pixels = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    back = Image.open(io.BytesIO(encode_png(pixels)))
+    assert back.mode == mode
+    np.testing.assert_array_equal(np.asarray(back), pixels)
+
+
 def test_png_encoding_is_lossless_rgba():
     rgba = np.random.default_rng(1).integers(0, 256, (17, 23, 4), dtype=np.uint8)
     back = Image.open(io.BytesIO(encode_png(rgba)))
@@ -123,7 +132,7 @@ def test_png_encoding_is_lossless_rgba():
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 700), (1500, 1), (257, 333), (1200, 1700)])
 def test_parallel_png_round_trips_losslessly(shape):
-    from bgservice.png import encode_rgba_png
+    from bgservice.png import encode_png as encode_rgba_png
 
     rng = np.random.default_rng(shape[0])
     rgba = rng.integers(0, 256, (*shape, 4), dtype=np.uint8)

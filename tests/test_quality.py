@@ -107,6 +107,15 @@ def test_refine_recovers_alpha_and_foreground_better_than_soft():
     assert refine_fg_err < 0.5 * soft_fg_err, (refine_fg_err, soft_fg_err)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (2, 3), (4, 4)])
+@pytest.mark.parametrize("mode", post.MODES)
+def test_every_mode_handles_tiny_images(shape, mode):
+    rgb = np.full((*shape, 3), 90, np.uint8)
+    out = post.cut_out(rgb, None, np.full(shape, 200, np.uint8), mode, 100)
+    assert out.shape == (*shape, 4) and out.dtype == np.uint8
+    assert post.subject_bbox(out[:, :, 3]) == (0, 0, shape[1], shape[0])
+
+
 def test_cut_out_dispatches_modes_and_rejects_unknown():
     rgb, mask, _, _ = blurred_disc_scene(32)
     np.testing.assert_array_equal(post.cut_out(rgb, None, mask, "threshold", 200),

@@ -1,0 +1,143 @@
+"""The OpenAPI 3 description served at /openapi.json.
+
+Written out by hand next to the routes it describes; tests/test_openapi.py runs a property-based
+test (schemathesis) against the live app, so a route and its description cannot drift apart.
+"""
+from __future__ import annotations
+
+import Image_PostProcesser as post
+
+from .options import FORMATS, MAX_PADDING
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _errors(*codes: int) -> dict:
+    text = {400: "Malformed body, a bad field, or a path that leaves the shared root",
+            404: "The source image does not exist", 413: "Body, file or image too large",
+            422: "Not a decodable image", 500: "Unexpected error (the log has the details)",
+            503: "Model still warming up, or too busy; see Retry-After"}
+    return {str(c): {"description": text[c],
+                     "content": {"application/json": {"schema": _ERROR}}} for c in codes}
+
+
+def _option_params() -> list[dict]:
+    def param(name, schema, description):
+        return {"name": name, "in": "query", "required": False, "schema": schema,
+                "description": description}
+
+    return [
+        param("mode", {"type": "string", "enum": list(post.MODES)},
+              "Output mode (default: the service's default, refine; a threshold implies threshold)"),
+        param("threshold", {"type": "integer", "minimum": 0, "maximum": 255},
+              "The OpenClone rule: mask below it becomes transparent"),
+        param("only_mask", {"type": "boolean"}, "Return the grayscale mask instead"),
+        param("bg_color", {"type": "string", "example": "#ffffff"},
+              "Composite onto this colour (#rrggbb or r,g,b) instead of transparency"),
+        param("crop", {"type": "boolean"}, "Crop to the subject's bounding box"),
+        param("padding", {"type": "integer", "minimum": 0, "maximum": MAX_PADDING},
+              "Pixels of margin around the crop"),
+        param("format", {"type": "string", "enum": list(FORMATS)}, "png (default) or lossless webp"),
+    ]
+
+
+def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
+    remove_request = {
+        "type": "object",
+        "required": ["sourceImagePath", "outputImagePath"],
+        "additionalProperties": False,
+        "properties": {
+            "sourceImagePath": {"type": "string", "example": "/Clones/4/clone-image-with-bg.png",
+                                "description": "Relative to the shared root (leading / allowed)"},
+            "outputImagePath": {"type": "string", "example": "/Clones/4/clone-image-no-bg.png"},
+            "threshold": {"type": "integer", "minimum": 0, "maximum": 255, "nullable": True},
+            "mode": {"type": "string", "enum": list(post.MODES), "nullable": True},
+        },
+    }
+    remove_result = {
+        "type": "object",
+        "required": ["outputImagePath", "width", "height", "mode", "model"],
+        "properties": {
+            "outputImagePath": {"type": "string"}, "width": {"type": "integer"},
+            "height": {"type": "integer"}, "mode": {"type": "string", "enum": list(post.MODES)},
+            "threshold": {"type": "integer", "nullable": True}, "model": {"type": "string"},
+            "bytes": {"type": "integer"},
+            "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    }
+    image_types = {t: {"schema": {"type": "string", "format": "binary"}} for t in FORMATS.values()}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "U2-Net background removal", "version": "1.0.0",
+                 "description": "OpenClone-compatible background removal with U2-Net."},
+        "paths": {
+            "/remove-background": {"post": {
+                "summary": "Cut out a file on the shared filesystem (the website's call)",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/RemoveRequest"}}}},
+                "responses": {"200": {"description": "Written", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/RemoveResult"}}}},
+                    **_errors(400, 404, 413, 422, 500, 503)},
+            }},
+            "/remove-background/batch": {"post": {
+                "summary": f"Up to {max_batch_jobs} website calls at once; each succeeds or fails alone",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["jobs"], "additionalProperties": False,
+                    "properties": {"jobs": {"type": "array", "minItems": 1,
+                                            "maxItems": max_batch_jobs,
+                                            "items": {"$ref": "#/components/schemas/RemoveRequest"}}}}}}},
+                "responses": {"200": {"description": "One outcome per job", "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "required": ["succeeded", "failed", "jobs"],
+                        "properties": {
+                            "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
+                            "jobs": {"type": "array", "items": {
+                                "type": "object", "required": ["index", "status"],
+                                "properties": {
+                                    "index": {"type": "integer"}, "status": {"type": "integer"},
+                                    "result": {"$ref": "#/components/schemas/RemoveResult"},
+                                    "error": {"type": "string"}}}}}}}}},
+                    **_errors(400, 413, 500)},
+            }},
+            "/api/remove": {"post": {
+                "summary": "Upload an image; get the cut-out back",
+                "parameters": _option_params(),
+                "requestBody": {"required": True, "content": {
+                    "multipart/form-data": {"schema": {
+                        "type": "object", "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}}}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                }},
+                "responses": {"200": {"description": "The image (headers: X-Image-Size, "
+                                                     "X-Bounding-Box, X-Mode, X-Model, Server-Timing)",
+                                      "content": image_types},
+                              **_errors(400, 413, 422, 500, 503)},
+            }},
+            "/health": {"get": {"summary": "The process is alive", "responses": {
+                "200": {"description": "Alive", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"status": {"type": "string"}}}}}}}}},
+            "/ready": {"get": {"summary": "The model is loaded and warm", "responses": {
+                "200": {"description": "Ready", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"ready": {"type": "boolean"},
+                                                     "model": {"type": "string"}}}}}},
+                **_errors(503)}}},
+            "/model-info": {"get": {"summary": "Model, weights, device, precision, batching",
+                                    "responses": {"200": {"description": "Model info", "content": {
+                                        "application/json": {"schema": {"type": "object"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {
+                "200": {"description": "OpenAPI 3", "content": {"application/json": {
+                    "schema": {"type": "object"}}}}}}},
+            "/": {"get": {"summary": "A web page for trying it by hand", "responses": {
+                "200": {"description": "HTML", "content": {"text/html": {
+                    "schema": {"type": "string"}}}}}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"],
+                      "properties": {"error": {"type": "string"}}},
+            "RemoveRequest": remove_request,
+            "RemoveResult": remove_result,
+        }},
+        "x-limits": {"json_body_bytes": max_json_bytes,
+                     "upload_bytes": settings.max_upload_bytes,
+                     "image_pixels": settings.max_image_pixels},
+    }

@@ -1,0 +1,114 @@
+"""The web page in a real headless Chromium (Debian's chromium + chromium-driver, via Selenium):
+load it, upload a photo, wait for the result, check it is a real RGBA image, save a screenshot."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import threading
+
+import pytest
+from PIL import Image
+from werkzeug.serving import make_server
+
+import API
+from conftest import PROJECT, make_settings, photo, save_image
+
+pytestmark = pytest.mark.slow
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOT = os.environ.get("U2NET_SCREENSHOT")  # where to keep the screenshot (e.g. for docs)
+
+
+def need_browser():
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    if missing:
+        message = f"{', '.join(missing)} missing: apt-get install chromium chromium-driver"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def live_server(tmp_path, random_weights, runtime):
+    root = tmp_path / "OpenCloneFS"
+    root.mkdir()
+    app = API.create_app(make_settings(root, random_weights), runtime=runtime)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    need_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_upload_a_photo_and_get_a_real_rgba_cutout(browser, live_server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    picture = save_image(tmp_path / "portrait.png", photo(320, 240))
+    browser.get(live_server + "/")
+    assert "Background removal" in browser.title
+    # Nothing on the page may come from elsewhere: it must work on an offline machine.
+    sources = browser.execute_script(
+        "return [...document.querySelectorAll('[src],[href]')].map(e => e.src || e.href)")
+    assert all(not s or s.startswith((live_server, "blob:", "data:")) for s in sources)
+
+    browser.find_element(By.ID, "file").send_keys(str(picture))
+    Select(browser.find_element(By.ID, "mode")).select_by_value("soft")
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+    status = browser.find_element(By.ID, "status").text
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", status
+    assert "320x240" in status and "mode soft" in status
+
+    # The result image as the page holds it: fetch its blob URL and decode it here.
+    encoded = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch(document.getElementById('result').src).then(r => r.arrayBuffer()).then(buf => {
+          let s = ''; new Uint8Array(buf).forEach(b => s += String.fromCharCode(b));
+          done(btoa(s));
+        });""")
+    result = Image.open(io.BytesIO(base64.b64decode(encoded)))
+    assert result.format == "PNG" and result.mode == "RGBA" and result.size == (320, 240)
+    assert browser.execute_script("return document.getElementById('mask').naturalWidth") == 320
+    link = browser.find_element(By.ID, "download")
+    assert link.get_attribute("download") == "portrait-nobg.png" and link.is_displayed()
+
+    shot = tmp_path / "web-page.png"
+    browser.save_screenshot(str(shot))
+    assert Image.open(shot).size[0] > 0
+    if SCREENSHOT:
+        shutil.copy(shot, SCREENSHOT)
+
+
+def test_errors_are_shown_on_the_page(browser, live_server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bogus = tmp_path / "not-an-image.png"
+    bogus.write_bytes(b"plain text pretending to be a png")
+    browser.get(live_server + "/")
+    browser.find_element(By.ID, "file").send_keys(str(bogus))
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "error")
+    assert "not a decodable image" in browser.find_element(By.ID, "status").text
+    assert PROJECT.exists()

@@ -1,0 +1,100 @@
+"""The command line, run for real: files, folders, stdin/stdout, exit codes, progress."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import PROJECT, photo, save_image
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cli(random_weights, tmp_path):
+    env = {**os.environ, "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights),
+           "U2NET_DEVICE": "cpu", "U2NET_CACHE_DIR": str(random_weights.parent / "onnx-cache"),
+           "LOG_LEVEL": "WARNING"}
+
+    def run(*args, stdin: bytes | None = None):
+        return subprocess.run([sys.executable, "-m", "bgservice", *map(str, args)], env=env,
+                              cwd=tmp_path, input=stdin, capture_output=True, timeout=300)
+
+    return run
+
+
+def test_one_file_next_to_its_input(cli, tmp_path):
+    src = save_image(tmp_path / "portrait.jpg", photo(90, 70))
+    done = cli("remove", src)
+    assert done.returncode == 0, done.stderr.decode()
+    out = Image.open(tmp_path / "portrait-nobg.png")
+    assert out.mode == "RGBA" and out.size == (90, 70)
+    assert done.stderr == b""  # one file: no progress bar
+
+
+def test_a_folder_recursively_keeping_the_tree_with_progress_and_skips(cli, tmp_path):
+    for rel in ("a.jpg", "sub/b.png", "sub/deeper/c.jpg"):
+        save_image(tmp_path / "in" / rel, photo(60, 40, seed=len(rel)))
+    (tmp_path / "in" / "notes.txt").write_text("not an image, ignored")
+    done = cli("remove", tmp_path / "in", "-o", tmp_path / "out", "--mode", "soft")
+    assert done.returncode == 0, done.stderr.decode()
+    for rel in ("a.png", "sub/b.png", "sub/deeper/c.png"):
+        assert Image.open(tmp_path / "out" / rel).mode == "RGBA"
+    err = done.stderr.decode()
+    assert "100%" in err and "3/3" in err and "3 done, 0 failed, 0 skipped" in err
+    again = cli("remove", tmp_path / "in", "-o", tmp_path / "out")
+    assert again.returncode == 0 and "0 done, 0 failed, 3 skipped" in again.stderr.decode()
+    forced = cli("remove", tmp_path / "in", "-o", tmp_path / "out", "--overwrite")
+    assert "3 done" in forced.stderr.decode()
+
+
+def test_a_failed_file_gives_one_line_and_exit_1(cli, tmp_path):
+    save_image(tmp_path / "in" / "good.jpg", photo(50, 40))
+    (tmp_path / "in" / "broken.png").write_bytes(b"definitely not a png")
+    done = cli("remove", tmp_path / "in", "-o", tmp_path / "out")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.decode().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.png" in errors[0] and "not a decodable image" in errors[0]
+    assert (tmp_path / "out" / "good.png").exists() and not (tmp_path / "out" / "broken.png").exists()
+
+
+def test_stdin_to_stdout_round_trip(cli, tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(photo(64, 48)).save(buf, "PNG")
+    done = cli("remove", "-", "--only-mask", stdin=buf.getvalue())
+    assert done.returncode == 0, done.stderr.decode()
+    mask = Image.open(io.BytesIO(done.stdout))
+    assert mask.mode == "L" and mask.size == (64, 48)
+
+
+def test_options_reach_the_output(cli, tmp_path):
+    src = save_image(tmp_path / "p.jpg", photo(80, 60))
+    done = cli("remove", src, "-o", tmp_path / "p.webp", "--format", "webp", "--bg-color",
+               "#ff0000", "--threshold", "255")
+    assert done.returncode == 0, done.stderr.decode()
+    out = Image.open(tmp_path / "p.webp")
+    assert out.format == "WEBP"
+    assert np.asarray(out.convert("RGB")).shape == (60, 80, 3)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--threshold", "300"], "'threshold' must be an integer from 0 to 255"),
+    (["--bg-color", "nope"], "'bg_color' must be"),
+    (["--mode", "soft", "--threshold", "3"], "applies to mode 'threshold' only"),
+])
+def test_bad_options_exit_2(cli, tmp_path, args, message):
+    src = save_image(tmp_path / "p.jpg", photo(30, 20))
+    done = cli("remove", src, *args)
+    assert done.returncode == 2 and message in done.stderr.decode()
+
+
+def test_console_script_is_installed():
+    script = os.path.join(os.path.dirname(sys.executable), "bgremove")
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "remove" in done.stdout and "download" in done.stdout
+    assert PROJECT.exists()
