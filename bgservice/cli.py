@@ -56,23 +56,37 @@ def _load_runtime(args: argparse.Namespace, settings: Settings):
 
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from .evaluate import ModeSpec, evaluate
+    from u2net.runtime import ModelRuntime
+
+    from .evaluate import ModeSpec, evaluate, summarise, write_outputs
 
     try:
         modes = [ModeSpec.parse(m) for m in (args.mode or ["soft", "refine", "threshold:200"])]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    runtime = _load_runtime(args, settings)
-    rows, summary = evaluate(args.data, modes, runtime.mask_for, out=args.out)
+    # Several models in one run: --model NAME or --model NAME=WEIGHTS, repeatable.
+    models = [m.partition("=") for m in (args.model or [settings.model])]
+    rows, sheet = [], []
+    for name, _, weights in models:
+        changes = {"model": name, "weights": Path(weights) if weights else args.weights}
+        runtime = ModelRuntime.load(settings.with_(**changes).runtime_options())
+        runtime.start(background=False)
+        label = (f"{name}:{Path(weights).stem}/" if weights else f"{name}/") if len(models) > 1 else ""
+        these, _, these_sheet = evaluate(args.data, modes, runtime.mask_for, label=label)
+        rows += these
+        sheet += these_sheet
+        runtime.close()
+    summary = summarise(rows)
+    if args.out:
+        write_outputs(args.out, rows, summary, sheet)
     keys = ("iou", "boundary_f", "mae", "sad_unknown", "grad_unknown", "post_ms")
-    print(f"\n{'mode':16s} {'stat':6s} " + " ".join(f"{k:>12s}" for k in keys))
+    print(f"\n{'mode':24s} {'stat':6s} " + " ".join(f"{k:>12s}" for k in keys))
     for entry in summary:
-        print(f"{entry['mode']:16s} {entry['stat']:6s} "
+        print(f"{entry['mode']:24s} {entry['stat']:6s} "
               + " ".join(f"{entry[k]:12.4f}" if k in entry else f"{'-':>12s}" for k in keys))
     if args.out:
         print(f"\nwritten {args.out}/results.csv, summary.csv, contact_sheet.png")
-    runtime.close()
     return 0
 
 
@@ -207,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("data", type=Path, help="folder with images/, masks/ and optional trimaps/")
     ev.add_argument("--mode", action="append",
                     help="soft, refine or threshold:N (repeatable; default: all three)")
-    ev.add_argument("--model", help="model name (default: $U2NET_MODEL)")
+    ev.add_argument("--model", action="append",
+                    help="NAME or NAME=WEIGHTS; repeat to compare models (default: $U2NET_MODEL)")
     ev.add_argument("--weights", type=Path, help="weights file (default: $U2NET_WEIGHTS)")
     ev.add_argument("--out", type=Path, help="write results.csv, summary.csv, contact_sheet.png")
     ev.set_defaults(run=_cmd_evaluate)

@@ -1,6 +1,7 @@
 """The quality harness: the full pipeline over a folder with ground truth, per image and overall.
 
-    bgremove evaluate DATA [--mode soft --mode refine --mode threshold:200 ...] [--out DIR]
+    bgremove evaluate DATA [--mode soft --mode refine --mode threshold:200 ...]
+                           [--model u2netp=PATH --model u2net_human_seg ...] [--out DIR]
 
 DATA holds images/ and masks/ (ground-truth alpha, binary or fractional, same stem; any format
 Pillow reads) and optionally trimaps/ (0 / 128 / 255; 128 = unknown). Each image is decoded, run
@@ -95,8 +96,11 @@ def contact_row(image, gt, rgba, height=160) -> np.ndarray:
 
 
 def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None,
-             sheet_height: int = 160, log=print) -> tuple[list[dict], list[dict]]:
-    """Run every case through `mask_fn` (RGB -> uint8 mask) and each mode; return (rows, summary)."""
+             sheet_height: int = 160, log=print, label: str = ""):
+    """Run every case through `mask_fn` (RGB -> uint8 mask) and each mode.
+
+    Returns (rows, summary, contact-sheet rows); rows' mode is prefixed with `label` (a model's
+    name when several are compared). With `out`, also writes the CSVs and the contact sheet."""
     rows, sheet = [], []
     for stem, image_path, gt_path, trimap_path in find_cases(Path(data)):
         image = decode_image(image_path.read_bytes(), 10**9)
@@ -113,7 +117,7 @@ def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None
             rgba = post.cut_out(image.rgb, image.alpha, mask, spec.mode, spec.threshold)
             post_ms = (time.perf_counter() - started) * 1000
             alpha = rgba[:, :, 3].astype(np.float32) / 255
-            row = {"image": stem, "mode": spec.label, "mask_ms": round(mask_ms, 1),
+            row = {"image": stem, "mode": label + spec.label, "mask_ms": round(mask_ms, 1),
                    "post_ms": round(post_ms, 1)}
             row.update({k: round(v, 5) for k, v in all_metrics(alpha, gt, unknown).items()})
             rows.append(row)
@@ -122,7 +126,7 @@ def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None
     summary = summarise(rows)
     if out is not None:
         write_outputs(Path(out), rows, summary, sheet)
-    return rows, summary
+    return rows, summary, sheet
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -98,3 +98,36 @@ def test_console_script_is_installed():
     done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "remove" in done.stdout and "download" in done.stdout
     assert PROJECT.exists()
+
+
+def test_evaluate_compares_models_and_modes_in_one_run(cli, tmp_path, random_weights):
+    import csv
+
+    from conftest import shared_path
+    from test_quality import blurred_disc_scene
+
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(2):
+        rgb, _, alpha, _ = blurred_disc_scene(96, seed=i)
+        Image.fromarray(rgb).save(tmp_path / "data" / "images" / f"disc{i}.png")
+        Image.fromarray((alpha * 255).astype(np.uint8)).save(tmp_path / "data" / "masks" / f"disc{i}.png")
+    real = shared_path("models", "u2netp", "u2netp.pth")
+    done = cli("evaluate", tmp_path / "data", "--mode", "soft", "--mode", "threshold:128",
+               "--model", f"u2netp={random_weights}", "--model", f"u2netp={real}",
+               "--out", tmp_path / "eval")
+    assert done.returncode == 0, done.stderr.decode()
+    with open(tmp_path / "eval" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    labels = {r["mode"] for r in rows}
+    assert labels == {f"u2netp:{random_weights.stem}/soft", f"u2netp:{random_weights.stem}/threshold:128",
+                      "u2netp:u2netp/soft", "u2netp:u2netp/threshold:128"}
+    assert len(rows) == 8 and all(0 <= float(r["iou"]) <= 1 for r in rows)
+    # The real weights find the disc; random weights do not.
+    def mean_iou(label):
+        return np.mean([float(r["iou"]) for r in rows if r["mode"] == label])
+
+    real_iou = mean_iou("u2netp:u2netp/soft")
+    assert real_iou > 0.8 and real_iou > mean_iou(f"u2netp:{random_weights.stem}/soft") + 0.2
+    assert (tmp_path / "eval" / "contact_sheet.png").exists()
+    assert "median" in done.stdout.decode()

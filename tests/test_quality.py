@@ -136,7 +136,8 @@ def test_harness_scores_a_tiny_dataset_and_writes_its_outputs(tmp_path):
     trimap = np.where(alpha > 0.98, 255, np.where(alpha < 0.02, 0, 128)).astype(np.uint8)
     Image.fromarray(trimap).save(data / "trimaps" / "disc.png")
     modes = [ModeSpec.parse("threshold:128"), ModeSpec.parse("soft")]
-    rows, summary = evaluate(data, modes, lambda _rgb: mask, out=tmp_path / "out", log=lambda *_: None)
+    rows, summary, _ = evaluate(data, modes, lambda _rgb: mask, out=tmp_path / "out",
+                                log=lambda *_: None)
     assert [r["mode"] for r in rows] == ["threshold:128", "soft"]
     soft = rows[1]
     expected_sad = np.abs(mask / 255 - alpha)[(trimap == 128)].sum() / 1000
