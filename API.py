@@ -189,7 +189,7 @@ def _register_routes(app: Flask) -> None:
         state = _state()
         data, values = _upload()
         options = parse_options(values, state.settings.default_mode)
-        rendered = state.remover.process(data, options)
+        rendered = state.remover.process(data, options, want_bbox=True)
         response = Response(rendered.data, mimetype=rendered.content_type)
         bbox = ",".join(map(str, rendered.bbox)) if rendered.bbox else "none"
         response.headers.update({

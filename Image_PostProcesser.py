@@ -236,12 +236,17 @@ SUBJECT_ALPHA = 16  # alpha (0-255) from which a pixel counts as subject for bou
 def subject_bbox(alpha: np.ndarray, padding: int = 0) -> tuple[int, int, int, int] | None:
     """(x, y, width, height) of the pixels with alpha >= SUBJECT_ALPHA, grown by `padding` and
     clipped to the image; None when there is no subject."""
-    subject = (alpha >= SUBJECT_ALPHA).view(np.uint8) if _tiny(alpha) else \
-        cv2.compare(alpha, SUBJECT_ALPHA, cv2.CMP_GE)
-    points = cv2.findNonZero(subject)
-    if points is None:
+    subject = alpha >= SUBJECT_ALPHA
+    if _tiny(alpha):
+        rows, cols = subject.any(axis=1), subject.any(axis=0)
+    else:  # row and column maxima in two SIMD passes (a point list would be 96 MB at 12 MP)
+        as_u8 = subject.view(np.uint8)
+        rows = cv2.reduce(as_u8, 1, cv2.REDUCE_MAX).ravel() > 0
+        cols = cv2.reduce(as_u8, 0, cv2.REDUCE_MAX).ravel() > 0
+    ys, xs = np.flatnonzero(rows), np.flatnonzero(cols)
+    if ys.size == 0:
         return None
-    x, y, w, h = cv2.boundingRect(points)
-    x0, y0 = max(0, x - padding), max(0, y - padding)
-    x1, y1 = min(alpha.shape[1], x + w + padding), min(alpha.shape[0], y + h + padding)
+    x0, y0 = max(0, int(xs[0]) - padding), max(0, int(ys[0]) - padding)
+    x1 = min(alpha.shape[1], int(xs[-1]) + 1 + padding)
+    y1 = min(alpha.shape[0], int(ys[-1]) + 1 + padding)
     return x0, y0, x1 - x0, y1 - y0

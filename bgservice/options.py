@@ -116,9 +116,11 @@ def parse_options(values: Mapping[str, str], default_mode: str) -> OutputOptions
     )
 
 
-def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions):
+def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions,
+                   want_bbox: bool = False):
     """(pixels, subject bbox): the mask or the cut-out, optionally over a colour, optionally
-    cropped to the subject (the box is in the input image's coordinates)."""
+    cropped to the subject. The box (input image coordinates) is computed only when cropping or
+    when asked for (`want_bbox`); otherwise it is None."""
     if options.only_mask:
         pixels, alpha = mask, mask
     else:
@@ -126,7 +128,7 @@ def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions
         alpha = pixels[:, :, 3]
         if options.bg_color is not None:
             pixels = post.composite_on_color(pixels, options.bg_color)
-    bbox = post.subject_bbox(alpha, options.padding)
+    bbox = post.subject_bbox(alpha, options.padding) if (options.crop or want_bbox) else None
     if options.crop and bbox is not None:
         x, y, w, h = bbox
         pixels = pixels[y:y + h, x:x + w]

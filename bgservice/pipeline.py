@@ -67,15 +67,16 @@ class BackgroundRemover:
         for options in (OutputOptions(mode="threshold", threshold=0), OutputOptions(mode="refine")):
             encode_output(compose_output(image, mask, options)[0], options.format)
 
-    def process(self, data: bytes, options: OutputOptions) -> Rendered:
-        """Image bytes -> the rendered output for `options` (the one pipeline for every caller)."""
+    def process(self, data: bytes, options: OutputOptions, want_bbox: bool = False) -> Rendered:
+        """Image bytes -> the rendered output for `options` (the one pipeline for every caller).
+        `want_bbox`: also find the subject's bounding box (the upload endpoint reports it)."""
         self.check_ready()
         watch = Stopwatch()
         with watch.stage("decode"):
             image = decode_image(data, self.max_image_pixels)
         mask = self.mask(image, watch.ms)  # resize, forward, upsample
         with watch.stage("compose"):
-            pixels, bbox = compose_output(image, mask, options)
+            pixels, bbox = compose_output(image, mask, options, want_bbox)
         with watch.stage("encode"):
             encoded = encode_output(pixels, options.format)
         width, height = image.size

@@ -145,3 +145,15 @@ def test_parallel_png_round_trips_losslessly(shape):
     import cv2  # a second, independent decoder (libpng)
     decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(decoded[..., [2, 1, 0, 3]], rgba)
+
+
+def test_adler32_combine_equals_zlib_on_the_concatenation():
+    import zlib
+
+    from bgservice.png import adler32_combine
+
+    rng = np.random.default_rng(9)
+    for _ in range(50):
+        a = rng.integers(0, 256, rng.integers(0, 200_000), dtype=np.uint8).tobytes()
+        b = rng.integers(0, 256, rng.integers(0, 200_000), dtype=np.uint8).tobytes()
+        assert adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(a + b)
