@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, Response, g, jsonify, request, send_from_directory
+from flask import Flask, Response, current_app, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from bgservice.errors import BadRequest, ServiceError
@@ -94,8 +94,6 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
 
 
 def _state() -> ServiceState:
-    from flask import current_app
-
     return current_app.extensions["u2net"]
 
 
