@@ -47,20 +47,11 @@ from u2net.model import ARCHITECTURES
 from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, RuntimeOptions
 
+from timing import median_ms
+
 CASES = [("640x480 JPEG", (640, 480), "jpg"), ("1920x1080 JPEG", (1920, 1080), "jpg"),
          ("1920x1080 PNG", (1920, 1080), "png"), ("4000x3000 JPEG", (4000, 3000), "jpg")]
 STAGES = ("read", "decode", "resize", "forward", "upsample", "compose", "encode", "write")
-
-
-def median_ms(fn, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def make_inputs(root: Path) -> dict[str, str]:

@@ -8,8 +8,6 @@ to encode. Ours runs the website's call (threshold 200) through the service's ow
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from pathlib import Path
 
 from bgservice.paths import SharedRoot
@@ -19,18 +17,10 @@ from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, RuntimeOptions
 from u2net.weights import build_model
 
+from timing import median_ms
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_WEIGHTS = SHARED / "models" / "u2netp" / "u2netp.pth"
-
-
-def _median_ms(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def compare(paths: dict, root: Path, tmp: Path, repeat: int) -> dict:
@@ -57,8 +47,8 @@ def compare(paths: dict, root: Path, tmp: Path, repeat: int) -> dict:
     print("\nours (threshold 200, website's call) against rembg, real U2NETP weights, file to file")
     for name in ("1920x1080 JPEG", "4000x3000 JPEG"):
         path = paths[name]
-        theirs_ms = _median_ms(lambda: run_rembg(path), repeat)
-        ours_ms = _median_ms(lambda: ours.remove_paths(shared_root, path, "/bench/ours.png",
+        theirs_ms = median_ms(lambda: run_rembg(path), repeat)
+        ours_ms = median_ms(lambda: ours.remove_paths(shared_root, path, "/bench/ours.png",
                                                         "threshold", 200),
                              repeat)
         results[name] = {"rembg_ms": theirs_ms, "ours_ms": ours_ms, "speedup": theirs_ms / ours_ms}
