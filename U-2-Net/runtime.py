@@ -21,9 +21,9 @@ import torch
 from .batching import DynamicBatcher
 from .engine import (OnnxPredictor, TorchPredictor, choose_device, choose_engine,
                      describe_device, onnx_model_bytes)
+from .memory import release_free_memory
 from .registry import ModelSpec, get_spec
 from .transforms import mask_to_size, to_model_input
-from .memory import release_free_memory
 from .weights import build_model, file_digest, resolve_weights
 
 log = logging.getLogger(__name__)
