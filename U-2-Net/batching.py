@@ -82,7 +82,7 @@ class DynamicBatcher:
             batch, stop = self._collect(first)
             try:
                 outputs = self._run_batch(np.stack([item for item, _ in batch]))
-                for (_, future), output in zip(batch, outputs):
+                for (_, future), output in zip(batch, outputs, strict=True):
                     future.set_result(output)
             except BaseException as exc:  # every waiter must hear about the failure
                 log.exception("batch of %d failed", len(batch))

@@ -144,7 +144,7 @@ class U2Net(nn.Module):
     def __init__(self, config: U2NetConfig, in_ch: int = 3, out_ch: int = 1):
         super().__init__()
         self.config = config
-        for name, (kind, cin, mid, cout) in zip(_STAGE_NAMES, config.stages):
+        for name, (kind, cin, mid, cout) in zip(_STAGE_NAMES, config.stages, strict=True):
             if name == "stage1":
                 cin = in_ch
             self.add_module(name, _block(kind, cin, mid, cout))

@@ -47,8 +47,8 @@ def compare(paths: dict, root: Path, tmp: Path, repeat: int) -> dict:
     print("\nours (threshold 200, website's call) against rembg, real U2NETP weights, file to file")
     for name in ("1920x1080 JPEG", "4000x3000 JPEG"):
         path = paths[name]
-        theirs_ms = median_ms(lambda: run_rembg(path), repeat)
-        ours_ms = median_ms(lambda: ours.remove_paths(shared_root, path, "/bench/ours.png",
+        theirs_ms = median_ms(lambda path=path: run_rembg(path), repeat)
+        ours_ms = median_ms(lambda path=path: ours.remove_paths(shared_root, path, "/bench/ours.png",
                                                         "threshold", 200),
                              repeat)
         results[name] = {"rembg_ms": theirs_ms, "ours_ms": ours_ms, "speedup": theirs_ms / ours_ms}

@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import NotAnImage, TooLarge
-from .png import encode_png
 
 # Formats a photo arrives in (JPEG covers MPO, the multi-picture JPEG many cameras write).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")

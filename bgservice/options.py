@@ -14,7 +14,8 @@ import numpy as np
 import Image_PostProcesser as post
 
 from .errors import BadRequest
-from .imageio import DecodedImage, encode_png, encode_webp
+from .imageio import DecodedImage, encode_webp
+from .png import encode_png
 
 FORMATS = {"png": "image/png", "webp": "image/webp"}
 OPTION_NAMES = ("mode", "threshold", "only_mask", "bg_color", "crop", "padding", "format")

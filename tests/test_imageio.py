@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from bgservice.errors import NotAnImage, TooLarge
-from bgservice.imageio import decode_image, encode_png
+from bgservice.imageio import decode_image
+from bgservice.png import encode_png
 
 LIMIT = 10_000_000
 
@@ -132,12 +133,10 @@ def test_png_encoding_is_lossless_rgba():
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 700), (1500, 1), (257, 333), (1200, 1700)])
 def test_parallel_png_round_trips_losslessly(shape):
-    from bgservice.png import encode_png as encode_rgba_png
-
     rng = np.random.default_rng(shape[0])
     rgba = rng.integers(0, 256, (*shape, 4), dtype=np.uint8)
     rgba[: shape[0] // 2, :, :] //= 7  # some compressible structure too
-    png = encode_rgba_png(rgba)
+    png = encode_png(rgba)
     back = Image.open(io.BytesIO(png))
     back.load()  # raises on a bad CRC, adler32 or deflate stream
     assert back.mode == "RGBA" and back.size == (shape[1], shape[0])
