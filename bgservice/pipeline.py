@@ -88,7 +88,6 @@ class BackgroundRemover:
         """The website's call: cut out `source` into `output` (both relative to `root`)."""
         src = root.source(source)
         dst = root.output(output)
-        self.check_ready()
         started = time.perf_counter()
         data = read_source(src, self.max_source_bytes)
         read_ms = round((time.perf_counter() - started) * 1000, 1)

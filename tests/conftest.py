@@ -64,6 +64,19 @@ def runtime(random_weights, tmp_path_factory) -> ModelRuntime:
     rt.close()
 
 
+@pytest.fixture(scope="session")
+def real_u2netp() -> ModelRuntime:
+    """The real U2NETP weights from ../shared, read in place, warm (for claims about real
+    behaviour: parity, quality)."""
+    from u2net.runtime import RuntimeOptions
+
+    rt = ModelRuntime.load(RuntimeOptions(model="u2netp", device="cpu", warmup_runs=1,
+                                          weights=shared_path("models", "u2netp", "u2netp.pth")))
+    rt.start(background=False)
+    yield rt
+    rt.close()
+
+
 @pytest.fixture
 def sandbox(tmp_path) -> dict:
     """A shared root with a sibling folder outside it, to prove nothing escapes."""

@@ -14,15 +14,6 @@ MAX_MAD = 1.5  # mean absolute difference, in 0..255 units
 MIN_IOU = 0.98  # of the masks binarised at 128
 
 
-@pytest.fixture(scope="module")
-def real_u2netp():
-    rt = ModelRuntime.load(RuntimeOptions(model="u2netp", device="cpu", warmup_runs=1,
-                                          weights=shared_path("models", "u2netp", "u2netp.pth")))
-    rt.start(background=False)
-    yield rt
-    rt.close()
-
-
 def parity_cases():
     images = shared_path("data", "parity", "images")
     return sorted(images.iterdir())

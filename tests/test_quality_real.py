@@ -6,18 +6,8 @@ import pytest
 
 from bgservice.evaluate import ModeSpec, evaluate, summarise
 from conftest import shared_path
-from u2net.runtime import ModelRuntime, RuntimeOptions
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def real_u2netp():
-    rt = ModelRuntime.load(RuntimeOptions(model="u2netp", device="cpu", warmup_runs=1,
-                                          weights=shared_path("models", "u2netp", "u2netp.pth")))
-    rt.start(background=False)
-    yield rt
-    rt.close()
 
 
 def stats(data_dir, runtime, modes=("soft", "refine")):
