@@ -221,9 +221,9 @@ def soak(server: Server, path: str, count: int) -> dict:
 
 def print_table(title: str, rows: list[list], header: list[str]) -> None:
     print(f"\n{title}")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     for row in [header, *rows]:
-        print("  " + "  ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+        print("  " + "  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)))
 
 
 def main() -> int:
