@@ -22,10 +22,9 @@ from werkzeug.exceptions import HTTPException
 
 from bgservice.errors import BadRequest, ServiceError
 from bgservice.openapi import openapi_spec
-from bgservice.options import parse_options
+from bgservice.options import parse_options, resolve_mode
 from bgservice.paths import SharedRoot
 from bgservice.pipeline import BackgroundRemover
-import Image_PostProcesser as post
 from GlobalVariables import Settings, SettingsError, configure_logging
 from u2net.memory import limit_malloc_arenas
 from u2net.registry import UnknownModel
@@ -38,7 +37,6 @@ REMOVE_FIELDS = ("sourceImagePath", "outputImagePath", "threshold", "mode")
 MAX_JSON_BYTES = 64 * 1024
 MAX_BATCH_JOBS = 32
 WEB_DIR = Path(__file__).resolve().parent / "bgservice" / "web"
-DEFAULT_THRESHOLD = 254  # the OpenClone post-processor's documented default
 
 
 @dataclass(frozen=True)
@@ -107,30 +105,14 @@ def _json_object() -> dict:
     return body
 
 
-def _threshold(body: dict, default: int) -> int:
+def _threshold(body: dict) -> int | None:
     value = body.get("threshold")
     if value is None:
-        return default
+        return None
     # bool is a subclass of int in Python: reject it explicitly ("threshold": true is a mistake).
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
         raise BadRequest(f"'threshold' must be an integer from 0 to 255, got {value!r}"[:200])
     return value
-
-
-def _mode(body: dict, default_mode: str) -> tuple[str, int | None]:
-    """(mode, threshold): 'threshold' whenever a threshold is sent (the website's requests keep
-    their meaning), else the requested mode, else the default (chosen by measurement)."""
-    mode = body.get("mode")
-    has_threshold = body.get("threshold") is not None
-    if mode is None:
-        mode = "threshold" if has_threshold else default_mode
-    if not isinstance(mode, str) or mode not in post.MODES:
-        raise BadRequest(f"'mode' must be one of {', '.join(post.MODES)}, got {mode!r}"[:200])
-    if mode != "threshold":
-        if has_threshold:
-            raise BadRequest(f"'threshold' applies to mode 'threshold' only, not {mode!r}")
-        return mode, None
-    return mode, _threshold(body, DEFAULT_THRESHOLD)
 
 
 def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str, int | None]:
@@ -141,7 +123,7 @@ def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str,
     for name in REMOVE_FIELDS[:2]:
         if name not in body:
             raise BadRequest(f"'{name}' is required")
-    mode, threshold = _mode(body, default_mode)
+    mode, threshold = resolve_mode(body.get("mode"), _threshold(body), default_mode)
     return body["sourceImagePath"], body["outputImagePath"], mode, threshold
 
 

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 MODES = ("threshold", "soft", "refine")
+DEFAULT_THRESHOLD = 254  # the OpenClone post-processor's documented default
 
 
 def _tiny(array: np.ndarray) -> bool:
@@ -225,7 +226,7 @@ def cut_out(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray, mode: s
             threshold: int | None = None) -> np.ndarray:
     """The RGBA cut-out in `mode` (one of MODES); `threshold` is used by the threshold mode."""
     if mode == "threshold":
-        return apply_threshold(rgb, alpha, mask, 254 if threshold is None else threshold)
+        return apply_threshold(rgb, alpha, mask, DEFAULT_THRESHOLD if threshold is None else threshold)
     if mode == "soft":
         return soft_alpha(rgb, alpha, mask)
     if mode == "refine":

@@ -45,19 +45,17 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _load_runtime(args: argparse.Namespace, settings: Settings):
-    """The model for a command: the service's settings, with --model / --weights on top."""
+def _load_runtime(settings: Settings, model: str | None = None, weights: Path | None = None):
+    """A warm model for a command: the service's settings, with --model / --weights on top."""
     from u2net.runtime import ModelRuntime
 
-    changes = {k: v for k, v in (("model", args.model), ("weights", args.weights)) if v}
+    changes = {k: v for k, v in (("model", model), ("weights", weights)) if v}
     runtime = ModelRuntime.load(settings.with_(**changes).runtime_options())
     runtime.start(background=False)
     return runtime
 
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from u2net.runtime import ModelRuntime
-
     from .evaluate import ModeSpec, evaluate, summarise, write_outputs
 
     try:
@@ -69,9 +67,7 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     models = [m.partition("=") for m in (args.model or [settings.model])]
     rows, sheet = [], []
     for name, _, weights in models:
-        changes = {"model": name, "weights": Path(weights) if weights else args.weights}
-        runtime = ModelRuntime.load(settings.with_(**changes).runtime_options())
-        runtime.start(background=False)
+        runtime = _load_runtime(settings, name, Path(weights) if weights else args.weights)
         label = (f"{name}:{Path(weights).stem}/" if weights else f"{name}/") if len(models) > 1 else ""
         these, _, these_sheet = evaluate(args.data, modes, runtime.mask_for, label=label)
         rows += these
@@ -142,7 +138,7 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     todo = [(s, d) for s, d in plan if d == "-" or args.overwrite or not Path(d).exists()]
     skipped = len(plan) - len(todo)
-    runtime = _load_runtime(args, settings)
+    runtime = _load_runtime(settings, args.model, args.weights)
     remover = BackgroundRemover(runtime, max_image_pixels=settings.max_image_pixels,
                                 max_source_bytes=settings.max_source_bytes,
                                 request_timeout_s=settings.request_timeout_s)

@@ -45,7 +45,7 @@ class ModeSpec:
         if mode not in post.MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(post.MODES)}")
         if mode == "threshold":
-            threshold = int(value) if value else 254
+            threshold = int(value) if value else post.DEFAULT_THRESHOLD
             if not 0 <= threshold <= 255:
                 raise ValueError(f"threshold must be 0..255, got {threshold}")
             return cls(f"threshold:{threshold}", mode, threshold)

@@ -1,7 +1,8 @@
 """What a caller can ask of a cut-out, parsed once for every entry point, and its rendering.
 
-The upload endpoint (form fields or query string), the batch call and the command line all build
-an `OutputOptions` here and call `render`: there is one way from a mask to the bytes returned.
+The upload endpoint (form fields or query string), the JSON calls and the command line all
+resolve mode and threshold with `resolve_mode`, and every output goes through `compose_output`
+and `encode_output`: there is one way from a mask to the bytes returned.
 """
 from __future__ import annotations
 
@@ -85,6 +86,22 @@ def parse_color(raw: str) -> tuple[int, int, int]:
     raise BadRequest(f"'bg_color' must be #rrggbb or r,g,b (0-255), got {raw!r}"[:200])
 
 
+def resolve_mode(mode: object, threshold: int | None, default_mode: str) -> tuple[str, int | None]:
+    """(mode, threshold) for every entry point: a threshold always means threshold mode (the
+    website's requests keep their meaning); no mode and no threshold means the default mode;
+    threshold mode without a threshold uses the OpenClone default. `threshold` is already a
+    validated integer or None."""
+    if mode is None:
+        mode = "threshold" if threshold is not None else default_mode
+    if not isinstance(mode, str) or mode not in post.MODES:
+        raise BadRequest(f"'mode' must be one of {', '.join(post.MODES)}, got {mode!r}"[:200])
+    if mode != "threshold":
+        if threshold is not None:
+            raise BadRequest(f"'threshold' applies to mode 'threshold' only, not {mode!r}")
+        return mode, None
+    return mode, post.DEFAULT_THRESHOLD if threshold is None else threshold
+
+
 def parse_options(values: Mapping[str, str], default_mode: str) -> OutputOptions:
     """Options from strings (form fields, query string, command line). BadRequest on bad values.
 
@@ -93,22 +110,15 @@ def parse_options(values: Mapping[str, str], default_mode: str) -> OutputOptions
     if unknown:
         raise BadRequest(f"unknown option(s) {', '.join(map(repr, unknown))}; "
                          f"expected {', '.join(OPTION_NAMES)}"[:300])
-    threshold = values.get("threshold")
-    mode = values.get("mode") or ("threshold" if threshold not in (None, "") else default_mode)
-    if mode not in post.MODES:
-        raise BadRequest(f"'mode' must be one of {', '.join(post.MODES)}, got {mode!r}"[:200])
-    if mode == "threshold":
-        threshold_value = _int("threshold", threshold, 0, 255) if threshold not in (None, "") else 254
-    elif threshold not in (None, ""):
-        raise BadRequest(f"'threshold' applies to mode 'threshold' only, not {mode!r}")
-    else:
-        threshold_value = None
+    raw_threshold = values.get("threshold")
+    threshold = _int("threshold", raw_threshold, 0, 255) if raw_threshold else None
+    mode, threshold = resolve_mode(values.get("mode") or None, threshold, default_mode)
     fmt = (values.get("format") or "png").lower()
     if fmt not in FORMATS:
         raise BadRequest(f"'format' must be one of {', '.join(FORMATS)}, got {fmt!r}"[:200])
     bg = values.get("bg_color")
     return OutputOptions(
-        mode=mode, threshold=threshold_value,
+        mode=mode, threshold=threshold,
         only_mask=_bool("only_mask", values.get("only_mask", "")),
         bg_color=parse_color(bg) if bg else None,
         crop=_bool("crop", values.get("crop", "")),

@@ -67,11 +67,12 @@ class BackgroundRemover:
         for options in (OutputOptions(mode="threshold", threshold=0), OutputOptions(mode="refine")):
             encode_output(compose_output(image, mask, options)[0], options.format)
 
-    def process(self, data: bytes, options: OutputOptions, want_bbox: bool = False) -> Rendered:
+    def process(self, data: bytes, options: OutputOptions, want_bbox: bool = False,
+                watch: Stopwatch | None = None) -> Rendered:
         """Image bytes -> the rendered output for `options` (the one pipeline for every caller).
         `want_bbox`: also find the subject's bounding box (the upload endpoint reports it)."""
         self.check_ready()
-        watch = Stopwatch()
+        watch = watch or Stopwatch()
         with watch.stage("decode"):
             image = decode_image(data, self.max_image_pixels)
         mask = self.mask(image, watch.ms)  # resize, forward, upsample
@@ -83,19 +84,18 @@ class BackgroundRemover:
         return Rendered(encoded, options.content_type, pixels.shape[1], pixels.shape[0],
                         width, height, bbox, watch.ms)
 
-    def remove_paths(self, root: SharedRoot, source: str, output: str, mode: str = "threshold",
-                     threshold: int | None = 254) -> dict:
+    def remove_paths(self, root: SharedRoot, source: str, output: str, mode: str,
+                     threshold: int | None) -> dict:
         """The website's call: cut out `source` into `output` (both relative to `root`)."""
         src = root.source(source)
         dst = root.output(output)
-        started = time.perf_counter()
-        data = read_source(src, self.max_source_bytes)
-        read_ms = round((time.perf_counter() - started) * 1000, 1)
-        rendered = self.process(data, OutputOptions(mode=mode, threshold=threshold))
-        started = time.perf_counter()
-        atomic_write(dst, rendered.data)
-        timings = {"read": read_ms, **rendered.timings_ms,
-                   "write": round((time.perf_counter() - started) * 1000, 1)}
+        self.check_ready()  # before reading: a cold service answers 503 without touching the file
+        watch = Stopwatch()
+        with watch.stage("read"):
+            data = read_source(src, self.max_source_bytes)
+        rendered = self.process(data, OutputOptions(mode=mode, threshold=threshold), watch=watch)
+        with watch.stage("write"):
+            atomic_write(dst, rendered.data)
         return {
             "outputImagePath": output,
             "width": rendered.width,
@@ -104,5 +104,5 @@ class BackgroundRemover:
             "threshold": threshold,
             "model": self.runtime.spec.name,
             "bytes": len(rendered.data),
-            "timings_ms": timings,
+            "timings_ms": watch.ms,
         }
