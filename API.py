@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Flask, Response, current_app, g, jsonify, request, send_from_directory
+from u2net.memory import limit_malloc_arenas
+from u2net.registry import UnknownModel
+from u2net.runtime import ModelRuntime
+from u2net.weights import WeightsError
 from werkzeug.exceptions import HTTPException
 
 from bgservice.errors import BadRequest, ServiceError
@@ -26,10 +30,6 @@ from bgservice.options import parse_options, resolve_mode
 from bgservice.paths import SharedRoot
 from bgservice.pipeline import BackgroundRemover
 from GlobalVariables import Settings, SettingsError, configure_logging
-from u2net.memory import limit_malloc_arenas
-from u2net.registry import UnknownModel
-from u2net.runtime import ModelRuntime
-from u2net.weights import WeightsError
 
 log = logging.getLogger("u2net_service.api")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 
@@ -87,7 +87,7 @@ class Settings:
     warmup_runs: int = 2
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         root = _path(env, "OpenClone_OpenCloneFS")
         level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
@@ -118,7 +118,7 @@ class Settings:
             warmup_runs=_number(env, "U2NET_WARMUP_RUNS", cls.warmup_runs, 0, 100),
         )
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         return replace(self, **changes)
 
     def runtime_options(self):

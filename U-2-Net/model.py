@@ -138,7 +138,8 @@ class U2Net(nn.Module):
     """The two-level nested U-structure: 6 encoder stages, 5 decoder stages, 6 fused side outputs.
 
     `forward` returns the fused map d0 and the six side maps, all through sigmoid, as the authors'
-    code does (training needs all seven). With `fused_only=True` it returns d0 alone (inference).
+    code does (training needs all seven). With `fused_only=True` it returns d0 alone (inference);
+    with `logits=True` the maps come before the sigmoid (training).
     """
 
     def __init__(self, config: U2NetConfig, in_ch: int = 3, out_ch: int = 1):
@@ -154,7 +155,7 @@ class U2Net(nn.Module):
             self.add_module(f"side{i}", nn.Conv2d(channels, out_ch, 3, padding=1))
         self.outconv = nn.Conv2d(6 * out_ch, out_ch, 1)
 
-    def forward(self, x: torch.Tensor, fused_only: bool = False):
+    def forward(self, x: torch.Tensor, fused_only: bool = False, logits: bool = False):
         encoded = []
         hx = x
         for i in range(1, 7):
@@ -173,9 +174,11 @@ class U2Net(nn.Module):
         d1 = self.side1(decoded[1])
         sides = [d1] + [upsample_like(getattr(self, f"side{i}")(decoded[i]), d1) for i in range(2, 7)]
         d0 = self.outconv(torch.cat(sides, 1))
+        # Training takes the logits: BCE on logits is numerically stable and autocast-safe.
+        activate = (lambda d: d) if logits else torch.sigmoid
         if fused_only:
-            return torch.sigmoid(d0)
-        return tuple(torch.sigmoid(d) for d in [d0, *sides])
+            return activate(d0)
+        return tuple(activate(d) for d in [d0, *sides])
 
 
 def U2NET(in_ch: int = 3, out_ch: int = 1) -> U2Net:

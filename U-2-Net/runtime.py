@@ -10,17 +10,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
 import torch
 
 from .batching import DynamicBatcher
-from .engine import (OnnxPredictor, TorchPredictor, choose_device, choose_engine,
-                     describe_device, onnx_model_bytes)
+from .engine import (
+    OnnxPredictor,
+    TorchPredictor,
+    choose_device,
+    choose_engine,
+    describe_device,
+    onnx_model_bytes,
+)
 from .memory import release_free_memory
 from .registry import ModelSpec, get_spec
 from .transforms import mask_to_size, to_model_input
@@ -77,7 +83,7 @@ class ModelRuntime:
                                       max_queue=options.max_queue)
 
     @classmethod
-    def load(cls, options: RuntimeOptions) -> "ModelRuntime":
+    def load(cls, options: RuntimeOptions) -> ModelRuntime:
         """Resolve and strictly load the weights, and put the network on its device.
 
         Raises WeightsError (with the path and the fetch command) or UnknownModel.
@@ -127,10 +133,12 @@ class ModelRuntime:
             dummy[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 200
             for _ in range(max(1, self.options.warmup_runs)):
                 self.mask_for(dummy)
-            if self.predictor.device.type == "cuda" and self.max_batch > 1:
-                # cuDNN picks algorithms per shape: warm the full batch too.
-                full = np.stack([to_model_input(dummy, self.spec)] * self.max_batch)
-                self.predictor(full)
+            if self.predictor.device.type == "cuda":
+                # cuDNN times its algorithms once per shape (benchmark mode): run every batch size
+                # the batcher can form, so that no request pays for it.
+                x = to_model_input(dummy, self.spec)
+                for n in range(2, self.max_batch + 1):
+                    self.predictor(np.stack([x] * n))
                 torch.cuda.synchronize()
             if then is not None:
                 then()

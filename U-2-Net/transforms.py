@@ -90,7 +90,12 @@ def resize_antialiased(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def to_model_input(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """HxWx3 uint8 RGB -> 3xSxS float32, normalised exactly as the authors' ToTensorLab(flag=0)."""
-    x = resize_antialiased(rgb, (spec.input_size, spec.input_size))
+    return normalise_input(resize_antialiased(rgb, (spec.input_size, spec.input_size)), spec)
+
+
+def normalise_input(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """HxWx3 float32 in [0, 1] -> 3xHxW float32: the authors' ToTensorLab(flag=0), which the
+    weights were trained with (inference and training both come through here)."""
     peak = float(x.max())
     if peak > 0:  # the authors divide by the max unguarded; a black image would give NaN
         x = x * np.float32(1 / peak)

@@ -4,6 +4,7 @@
     python bench/benchmark.py --quick         # fewer repetitions, no soak
     python bench/benchmark.py --rembg         # also: ours against rembg on the real U2NETP weights
     python bench/benchmark.py --soak 300      # RSS over 300 consecutive 4000x3000 requests
+    python bench/benchmark.py --compare-precision fp32,bf16   # the GPU report (see below)
 
 Measures, in one run:
   1. the bare forward pass of the configured model at batch 1, PyTorch fp32 eager (the baseline),
@@ -12,7 +13,11 @@ Measures, in one run:
      with gunicorn_conf.py), for a 640x480 JPEG, 1920x1080 JPEG and PNG, and a 4000x3000 JPEG made
      from ../shared/data/photos, with every stage as a ratio of the baseline;
   3. throughput and p50/p99 latency with 1, 2 and 4 concurrent clients, peak RSS of the worker,
-     and the first request after ready against a steady one.
+     and the first request after ready against a steady one;
+  4. with --compare-precision: for each precision, the network's images/s at each batch size
+     (--batch-sizes) and a production server's throughput and p50 under each --clients level.
+     On CUDA the defaults are batch sizes 1,8,32 and clients 1,32 with U2NET_MAX_BATCH 32: the
+     issue's GPU report, bf16 against fp32, in one command.
 Threshold 0 keeps the whole image, so the PNG encoder does real work. Results also go to
 bench/out/benchmark.json. Shared machines are noisy: read the ratios, not the absolute times.
 """
@@ -31,6 +36,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -41,13 +47,13 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
 OUT = PROJECT / "bench" / "out"
 
-from bgservice.paths import SharedRoot
-from bgservice.pipeline import BackgroundRemover
+from timing import median_ms
 from u2net.model import ARCHITECTURES
 from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, RuntimeOptions
 
-from timing import median_ms
+from bgservice.paths import SharedRoot
+from bgservice.pipeline import BackgroundRemover
 
 CASES = [("640x480 JPEG", (640, 480), "jpg"), ("1920x1080 JPEG", (1920, 1080), "jpg"),
          ("1920x1080 PNG", (1920, 1080), "png"), ("4000x3000 JPEG", (4000, 3000), "jpg")]
@@ -197,6 +203,60 @@ def concurrency(server: Server, path: str, clients: int, requests_each: int) -> 
             "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
 
 
+def network_batches(options: RuntimeOptions, sizes: list[int], repeat: int) -> list[dict]:
+    """The service's own engine at `options`' precision: milliseconds and images/s per batch."""
+    runtime = ModelRuntime.load(options)
+    try:
+        size = runtime.spec.input_size
+        rows = []
+        for n in sizes:
+            batch = np.random.default_rng(n).standard_normal((n, 3, size, size), np.float32)
+            ms = median_ms(lambda b=batch: runtime.predictor(b), repeat, warmup=2)
+            rows.append({"precision": options.precision, "batch": n, "ms": ms,
+                         "images_per_s": n * 1000 / ms})
+        return rows
+    finally:
+        runtime.close()
+
+
+def precision_comparison(args, options, root, env, paths, repeat) -> dict:
+    """For each precision: network images/s per batch size, then concurrency over HTTP."""
+    cuda = torch.device(options.device if options.device != "auto" else
+                        ("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda"
+    precisions = [p for p in args.compare_precision.split(",") if p]
+    sizes = _ints(args.batch_sizes or ("1,8,32" if cuda else "1,4"))
+    clients = _ints(args.clients or ("1,32" if cuda else "1,4"))
+    network, served = [], []
+    for precision in precisions:
+        network += network_batches(replace(options, precision=precision, max_batch=max(sizes)),
+                                   sizes, repeat)
+    print_table("network alone, per precision and batch size (service engine)",
+                [[r["precision"], r["batch"], f"{r['ms']:.1f} ms", f"{r['images_per_s']:.1f}/s"]
+                 for r in network], ["precision", "batch", "time", "images/s"])
+    for precision in precisions if not args.no_http else []:
+        server = Server(root, {**env, "U2NET_PRECISION": precision,
+                               "U2NET_MAX_BATCH": str(args.max_batch or (32 if cuda else 1))})
+        try:
+            server.wait_ready()
+            for c in clients:
+                server.post(paths["1920x1080 JPEG"], "/bench/prec-warm.png")
+                row = concurrency(server, paths["1920x1080 JPEG"], c,
+                                  max(2, (64 if cuda else 8) // c))
+                served.append({"precision": precision, **row})
+        finally:
+            server.stop()
+    if served:
+        print_table("1920x1080 JPEG over HTTP, per precision and concurrent clients",
+                    [[r["precision"], r["clients"], f"{r['throughput_per_s']:.2f}/s",
+                      f"{r['p50_ms']:.0f} ms", f"{r['p99_ms']:.0f} ms"] for r in served],
+                    ["precision", "clients", "throughput", "p50", "p99"])
+    return {"network": network, "http": served}
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
 def first_request_after_ready(root, env, path, steady_ms) -> float:
     server = Server(root, env)
     try:
@@ -232,6 +292,12 @@ def main() -> int:
     parser.add_argument("--model", default="u2net_human_seg")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--engine", default="auto")
+    parser.add_argument("--precision", default="fp32", help="fp32 (exact), tf32, bf16 or fp16")
+    parser.add_argument("--max-batch", type=int, default=0, help="U2NET_MAX_BATCH (0: auto)")
+    parser.add_argument("--compare-precision", default="", metavar="P1,P2",
+                        help="also compare these precisions (network batches, HTTP clients)")
+    parser.add_argument("--batch-sizes", help="network batch sizes for --compare-precision")
+    parser.add_argument("--clients", help="concurrency levels, comma-separated (default 1,2,4)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-http", action="store_true", help="skip the production-server part")
     parser.add_argument("--rembg", action="store_true", help="compare with rembg (real U2NETP)")
@@ -245,7 +311,8 @@ def main() -> int:
     root.mkdir()
     weights = random_weights(spec.architecture, tmp)
     options = RuntimeOptions(model=args.model, weights=weights, device=args.device,
-                             engine=args.engine, cache_dir=tmp / "cache", warmup_runs=2)
+                             engine=args.engine, precision=args.precision,
+                             max_batch=args.max_batch, cache_dir=tmp / "cache", warmup_runs=2)
     runtime = ModelRuntime.load(options)
     runtime.start(background=False)
     device = runtime.predictor.device
@@ -282,10 +349,11 @@ def main() -> int:
                   *(f"{r[s] / base:.3f}" for s in STAGES)] for name, r in local.items()],
                 ["image", "total", "ratio", *STAGES])
 
+    env = {"U2NET_MODEL": args.model, "U2NET_WEIGHTS": str(weights),
+           "U2NET_DEVICE": args.device, "U2NET_ENGINE": args.engine,
+           "U2NET_CACHE_DIR": str(tmp / "cache"), "MAX_IMAGE_PIXELS": str(10**8),
+           "U2NET_PRECISION": args.precision, "U2NET_MAX_BATCH": str(args.max_batch)}
     if not args.no_http:
-        env = {"U2NET_MODEL": args.model, "U2NET_WEIGHTS": str(weights),
-               "U2NET_DEVICE": args.device, "U2NET_ENGINE": args.engine,
-               "U2NET_CACHE_DIR": str(tmp / "cache"), "MAX_IMAGE_PIXELS": str(10**8)}
         server = Server(root, env)
         try:
             server.wait_ready()
@@ -297,7 +365,7 @@ def main() -> int:
                         ["image", "total", "ratio"])
             base = baseline("concurrency")
             rows = [concurrency(server, paths["1920x1080 JPEG"], c, 3 if args.quick else 6)
-                    for c in (1, 2, 4)]
+                    for c in _ints(args.clients or "1,2,4")]
             report["concurrency"] = rows
             print_table("1920x1080 JPEG, concurrent clients (throughput x bare forward time)",
                         [[r["clients"], f"{r['throughput_per_s']:.2f}/s",
@@ -320,6 +388,9 @@ def main() -> int:
                                                                   paths["1920x1080 JPEG"], steady)
         print(f"first 1920x1080 request after ready / steady state: "
               f"{report['first_request_ratio']:.2f}")
+
+    if args.compare_precision:
+        report["precisions"] = precision_comparison(args, options, root, env, paths, repeat)
 
     if args.rembg:
         from compare_rembg import compare

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bgservice.paths import SharedRoot
-from bgservice.pipeline import BackgroundRemover
+from timing import median_ms
 from u2net.engine import export_onnx
 from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, RuntimeOptions
 from u2net.weights import build_model
 
-from timing import median_ms
+from bgservice.paths import SharedRoot
+from bgservice.pipeline import BackgroundRemover
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_WEIGHTS = SHARED / "models" / "u2netp" / "u2netp.pth"

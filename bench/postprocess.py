@@ -15,9 +15,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from u2net.runtime import ModelRuntime, RuntimeOptions
 
 import Image_PostProcesser as post
-from u2net.runtime import ModelRuntime, RuntimeOptions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -40,7 +40,7 @@ class ModeSpec:
     threshold: int | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "ModeSpec":
+    def parse(cls, text: str) -> ModeSpec:
         mode, _, value = text.partition(":")
         if mode not in post.MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(post.MODES)}")
@@ -86,7 +86,7 @@ def _tile(rgb: np.ndarray, height: int) -> np.ndarray:
 
 
 def contact_row(image, gt, rgba, height=160) -> np.ndarray:
-    gray = lambda a: np.repeat((a * 255).astype(np.uint8)[:, :, None], 3, axis=2)  # noqa: E731
+    gray = lambda a: np.repeat((a * 255).astype(np.uint8)[:, :, None], 3, axis=2)
     tiles = [image, gray(gt), gray(rgba[:, :, 3] / 255), on_checkerboard(rgba)]
     gap = np.full((height, 4, 3), 255, np.uint8)
     row = []

@@ -7,8 +7,8 @@ and `encode_output`: there is one way from a mask to the bytes returned.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 
 import cv2
 import numpy as np
-
 from u2net.batching import QueueFull
 from u2net.runtime import ModelRuntime
 

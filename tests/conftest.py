@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from GlobalVariables import Settings
 from u2net.model import U2NETP
 from u2net.runtime import ModelRuntime
+
+from GlobalVariables import Settings
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"

@@ -7,14 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from conftest import WEBSITE_REQUEST, make_settings, photo, save_image, snapshot
 from PIL import Image
+from u2net.registry import get_spec
+from u2net.runtime import ModelRuntime, RuntimeOptions
 
 import API
 import Image_PostProcesser as post
 from bgservice.imageio import decode_image
-from conftest import WEBSITE_REQUEST, make_settings, photo, save_image, snapshot
-from u2net.registry import get_spec
-from u2net.runtime import ModelRuntime, RuntimeOptions
 
 
 def expected_cutout(runtime, source_bytes: bytes, threshold: int) -> np.ndarray:

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-
 from u2net.batching import DynamicBatcher, QueueFull
 
 

@@ -9,11 +9,11 @@ import shutil
 import threading
 
 import pytest
+from conftest import PROJECT, make_settings, photo, save_image
 from PIL import Image
 from werkzeug.serving import make_server
 
 import API
-from conftest import PROJECT, make_settings, photo, save_image
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -8,9 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import PROJECT, photo, save_image
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 

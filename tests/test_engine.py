@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-import u2net.engine as engine
 from conftest import photo, shared_path
+from u2net import engine
+from u2net.model import U2NETP
 from u2net.registry import get_spec
 from u2net.transforms import to_model_input
 from u2net.weights import build_model
@@ -57,3 +57,32 @@ def test_engine_choice():
         engine.choose_engine("onnxruntime", cuda)
     with pytest.raises(ValueError, match="choose one of"):
         engine.choose_engine("tensorrt", cpu)
+
+
+def test_precision_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine.choose_engine("auto", cuda, "tf32") == "torch"
+    assert engine.choose_engine("auto", cpu, "bf16") == "torch"  # autocast is PyTorch's
+    with pytest.raises(ValueError, match="fp32 only"):
+        engine.choose_engine("onnxruntime", cpu, "bf16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        engine.choose_engine("auto", cpu, "int8")
+    net = U2NETP()
+    for precision in ("tf32", "fp16"):
+        with pytest.raises(ValueError, match="CUDA only"):
+            engine.TorchPredictor(net, cpu, precision)
+
+
+@pytest.mark.parametrize("precision, expected", [("fp32", "ieee"), ("tf32", "tf32"),
+                                                 ("bf16", "ieee")])
+def test_cuda_convolutions_are_exact_fp32_unless_tf32_is_asked_for(precision, expected):
+    """PyTorch's default lets cuDNN run fp32 convolutions in TF32; `fp32` must turn that off."""
+    conv, was = torch.backends.cudnn.conv, torch.backends.cudnn.conv.fp32_precision
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        conv.fp32_precision = "tf32" if expected == "ieee" else "ieee"
+        engine.configure_cuda_math(precision)
+        assert conv.fp32_precision == expected
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        conv.fp32_precision, torch.backends.cudnn.benchmark = was, benchmark

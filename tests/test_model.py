@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import shared_path
 from u2net import MODELS, U2NET, U2NETP, UnknownModel, get_spec
 from u2net.weights import WeightsError, build_model, clean_state_dict

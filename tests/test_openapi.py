@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
+from conftest import make_settings, photo, save_image
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 import API
-from schemathesis.specs.openapi.checks import positive_data_acceptance
-from conftest import make_settings, photo, save_image
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import shared_path
 from PIL import Image
+from u2net.runtime import ModelRuntime, RuntimeOptions
 
 from bgservice.imageio import decode_image
-from conftest import shared_path
-from u2net.runtime import ModelRuntime, RuntimeOptions
 
 MAX_MAD = 1.5  # mean absolute difference, in 0..255 units
 MIN_IOU = 0.98  # of the masks binarised at 128
@@ -75,7 +75,6 @@ def test_offset_dominated_stages_are_kept_in_fp32():
     """Injecting an offset ~1000x the signal into one decoder layer of the real weights puts that
     stage on the fp32 list (the unmodified weights select only stage1d and stage2d: see above)."""
     import torch
-
     from u2net.engine import TorchPredictor
     from u2net.registry import get_spec
     from u2net.runtime import calibration_input
@@ -88,3 +87,45 @@ def test_offset_dominated_stages_are_kept_in_fp32():
     predictor = TorchPredictor(net, torch.device("cpu"), "bf16",
                                calibration=torch.from_numpy(calibration_input(spec)))
     assert "stage4d" in predictor.fp32_layers
+
+
+def _round_to_tf32(t):
+    """fp32 -> the nearest value with TF32's 10-bit mantissa (what tensor cores multiply)."""
+    import torch
+
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def test_tf32_convolutions_stay_within_parity(monkeypatch):
+    """The `tf32` precision's numerics, emulated on CPU: every convolution's inputs and weights
+    rounded to TF32, as cuDNN does on a GPU. Masks stay within IoU 0.99 of exact fp32 (the
+    issue's rule for reduced precision), but they do move (which is why `fp32` turns TF32 off on CUDA)."""
+    import torch
+    from u2net.registry import get_spec
+    from u2net.transforms import normalise_prediction, to_model_input
+    from u2net.weights import build_model
+
+    spec = get_spec("u2netp")
+    net = build_model(spec, shared_path("models", "u2netp", "u2netp.pth"))
+    exact_conv = torch.nn.Conv2d._conv_forward
+
+    def tf32_conv(self, x, weight, bias):
+        return exact_conv(self, _round_to_tf32(x), _round_to_tf32(weight), bias)
+
+    worst_iou, moved = 1.0, 0.0
+    for image_path in parity_cases():
+        x = torch.from_numpy(to_model_input(decode_image(image_path.read_bytes(), 10**8).rgb, spec))
+        with torch.no_grad():
+            exact = normalise_prediction(net(x[None], fused_only=True)[0, 0].numpy())
+            with monkeypatch.context() as m:
+                m.setattr(torch.nn.Conv2d, "_conv_forward", tf32_conv)
+                tf32 = normalise_prediction(net(x[None], fused_only=True)[0, 0].numpy())
+        a, b = exact >= 0.5, tf32 >= 0.5
+        worst_iou = min(worst_iou, (a & b).sum() / max(1, (a | b).sum()))
+        mad = np.abs(exact - tf32).mean() * 255
+        moved = max(moved, mad)
+        assert mad < MAX_MAD, image_path.name
+    print(f"TF32 against fp32: worst IoU {worst_iou:.4f}, worst MAD {moved:.2f}/255")
+    assert worst_iou >= 0.99
+    assert moved > 0.01  # the emulation really rounds (a no-op would pass the bounds trivially)

@@ -12,7 +12,6 @@ import Image_PostProcesser as post
 from bgservice import metrics
 from bgservice.evaluate import ModeSpec, evaluate
 
-
 # -- metrics on tiny arrays, by hand ------------------------------------------------------------
 
 def test_iou_mae_sad_mse_by_hand():

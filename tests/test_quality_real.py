@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import shared_path
 
 from bgservice.evaluate import ModeSpec, evaluate, summarise
-from conftest import shared_path
 
 pytestmark = pytest.mark.slow
 

@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from PIL import Image
-
 from conftest import PROJECT, WEBSITE_REQUEST, photo, save_image
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
 
 def dockerfile_cmd() -> list[str]:
     text = (PROJECT / "Dockerfile").read_text()
-    return json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    return json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
 
 
 def free_port() -> int:

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import photo, shared_path
 from PIL import Image
 from skimage import transform
-
-from conftest import photo, shared_path
 from u2net.registry import get_spec
-from u2net.transforms import mask_to_size, normalise_prediction, resize_antialiased, to_model_input
+from u2net.transforms import (
+    mask_to_size,
+    normalise_prediction,
+    resize_antialiased,
+    to_model_input,
+)
 
 SPEC = get_spec("u2net_human_seg")
 

@@ -5,12 +5,12 @@ import io
 
 import numpy as np
 import pytest
+from conftest import make_settings, photo, save_image
 from PIL import Image
 
 import API
 import Image_PostProcesser as post
 from bgservice.imageio import decode_image
-from conftest import make_settings, photo, save_image
 
 
 def jpeg_bytes(width=120, height=90, seed=0) -> bytes:

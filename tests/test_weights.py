@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from u2net.registry import get_spec
 from u2net.weights import WeightsError, default_weights_path, download, resolve_weights
 
@@ -19,7 +18,7 @@ SPEC = get_spec("u2netp")
 class _Handler(http.server.BaseHTTPRequestHandler):
     routes: dict = {}
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         kind, payload = self.routes.get(self.path, ("missing", b""))
         if kind == "missing":
             self.send_error(404)

@@ -1,0 +1,315 @@
+"""Training and fine-tuning U²-Net on image/mask pairs (the authors' u2net_train.py, made safe).
+
+What it keeps from the authors, because the released weights were trained that way and a
+fine-tune should start where they left off:
+  - preprocessing: anti-aliased resize to the model's input size (320), a random 288x288 crop,
+    then ToTensorLab(flag=0): divide by the image's maximum, ImageNet mean and std
+    (`transforms.normalise_input`, the very function inference uses);
+  - the loss: binary cross-entropy on the fused map and on all six side outputs, summed
+    ("deep supervision", muti_bce_loss_fusion);
+  - Adam, learning rate 1e-3, betas (0.9, 0.999), no weight decay; batch 12.
+What it adds: a random horizontal flip (people are left-right symmetric; the authors' vertical flip
+is not), BCE on logits (stable, and safe under bf16 autocast), checkpoints written atomically in
+the official key format (the service and `build_model` load them strictly), a training state for
+`--resume`, and an optional validation set scored by mean absolute error at every save.
+
+    bgremove train --images DUTS-TR/im --masks DUTS-TR/gt --init saved_models/u2net_human_seg.pth \
+        --out saved_models/mine.pth        # then U2NET_WEIGHTS=saved_models/mine.pth
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+from .engine import choose_device
+from .model import ARCHITECTURES, U2Net
+from .registry import DEFAULT_MODEL, ModelSpec, get_spec
+from .transforms import normalise_input, resize_antialiased
+from .weights import build_model
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+CROP_FRACTION = 0.9  # the authors' 288 of 320
+
+
+class DataError(ValueError):
+    """The training data cannot be used as given (missing masks, mismatched sizes, ...)."""
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+def _files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder")
+    return {p.stem: p for p in sorted(folder.iterdir())
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _displayed_size(path: Path) -> tuple[int, int]:
+    """(width, height) after the EXIF orientation is applied, from the header alone."""
+    with Image.open(path) as im:
+        w, h = im.size
+        return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
+
+
+def find_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
+    """Image/mask pairs matched by file stem (DUTS layout: im/x.jpg with gt/x.png).
+
+    Fails before any training on a missing mask or an image whose mask has another size, naming
+    the files: hours into a run is the wrong time to find out.
+    """
+    image_files, mask_files = _files(Path(images)), _files(Path(masks))
+    if not image_files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images}")
+    missing = sorted(set(image_files) - set(mask_files))
+    if missing:
+        raise DataError(f"{len(missing)} image(s) have no mask in {masks} "
+                        f"(matched by file name without extension), e.g. {', '.join(missing[:3])}")
+    pairs = [(image_files[k], mask_files[k]) for k in sorted(image_files)]
+    for image, mask in pairs:
+        if _displayed_size(image) != _displayed_size(mask):
+            raise DataError(f"{image.name} is {_displayed_size(image)} but its mask {mask.name} is "
+                            f"{_displayed_size(mask)}")
+    return pairs
+
+
+def _load(path: Path, mode: str) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert(mode))
+
+
+class SegmentationDataset(Dataset):
+    """Pairs as the network trains on them: (3, crop, crop) input and (1, crop, crop) target.
+
+    With `augment`, a random crop and horizontal flip; without, the whole resized image (for
+    validation). The target is the mask scaled to [0, 1] (soft mattes stay soft).
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], spec: ModelSpec, size: int,
+                 crop: int, augment: bool = True, seed: int = 0):
+        if not 0 < crop <= size:
+            raise ValueError(f"crop {crop} must be between 1 and the resize side {size}")
+        self.pairs, self.spec, self.size, self.crop = list(pairs), spec, size, crop
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0  # set by the trainer so each epoch crops differently, reproducibly
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_path, mask_path = self.pairs[index]
+        side = (self.size, self.size)
+        image = resize_antialiased(_load(image_path, "RGB"), side)
+        mask = resize_antialiased(_load(mask_path, "L")[:, :, None], side)[:, :, 0]
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            y, x = rng.integers(0, self.size - self.crop + 1, size=2)
+            image = image[y:y + self.crop, x:x + self.crop]
+            mask = mask[y:y + self.crop, x:x + self.crop]
+            if rng.random() < 0.5:
+                image, mask = image[:, ::-1], mask[:, ::-1]
+        else:
+            image, mask = _centre(image, self.crop), _centre(mask, self.crop)
+        peak = float(mask.max())
+        target = mask / peak if peak > 1e-6 else mask  # the authors' label / max(label)
+        return (torch.from_numpy(normalise_input(np.ascontiguousarray(image), self.spec)),
+                torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None])
+
+
+def _centre(a: np.ndarray, crop: int) -> np.ndarray:
+    y0 = (a.shape[0] - crop) // 2
+    x0 = (a.shape[1] - crop) // 2
+    return a[y0:y0 + crop, x0:x0 + crop]
+
+
+# -- loss -----------------------------------------------------------------------------------------
+
+def deep_supervision_loss(logits: Sequence[torch.Tensor], target: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total, fused): BCE of d0 and of each side output against the target, summed.
+
+    The authors' muti_bce_loss_fusion, computed on logits (same value, no log(0) at saturated
+    sigmoids, and autocast-safe). The fused term alone is what inference uses; it is logged.
+    """
+    target = target.float()
+    losses = [F.binary_cross_entropy_with_logits(d.float(), target) for d in logits]
+    return sum(losses), losses[0]
+
+
+# -- training -------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    images: Path
+    masks: Path
+    out: Path  # the weights file written (official format); training state beside it
+    model: str = DEFAULT_MODEL  # registry name: architecture and preprocessing
+    init: Path | None = None  # start from these weights (fine-tuning); else random
+    steps: int = 10_000
+    batch_size: int = 12
+    lr: float = 1e-3
+    size: int | None = None  # resize side; default the model's input size (320)
+    crop: int | None = None  # random crop side; default 90 % of size (288)
+    val_images: Path | None = None
+    val_masks: Path | None = None
+    save_every: int = 1000
+    log_every: int = 50
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = False  # bf16 autocast (CUDA or a CPU with bf16); loss and optimiser in fp32
+    seed: int = 0
+    resume: bool = False
+
+
+def state_path(out: Path) -> Path:
+    """The training state beside the weights: model, optimiser, step (for --resume)."""
+    return out.with_name(out.stem + ".train.pt")
+
+
+def best_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".best" + out.suffix)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a crash mid-save (hours into a
+    run) leaves the previous checkpoint whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _batches(loader: DataLoader, dataset: SegmentationDataset, start_epoch: int
+             ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor]]]:
+    epoch = start_epoch
+    while True:
+        dataset.epoch = epoch
+        for batch in loader:
+            yield epoch, batch
+        epoch += 1
+
+
+@torch.no_grad()
+def validation_mae(net: U2Net, loader: DataLoader, device: torch.device) -> float:
+    """Mean absolute error of the fused map (as inference sees it) against the masks, 0..1."""
+    was_training = net.training
+    net.eval()
+    total, count = 0.0, 0
+    for x, y in loader:
+        pred = net(x.to(device), fused_only=True).float().cpu()
+        lo = pred.amin(dim=(1, 2, 3), keepdim=True)
+        hi = pred.amax(dim=(1, 2, 3), keepdim=True)
+        pred = (pred - lo) / (hi - lo).clamp_min(1e-12)  # normPRED, as inference does
+        total += float((pred - y).abs().mean(dim=(1, 2, 3)).sum())
+        count += len(x)
+    net.train(was_training)
+    return total / max(1, count)
+
+
+def train(config: TrainConfig) -> dict:
+    """Run (or resume) a training; returns a summary. Writes `config.out` at every save."""
+    spec = get_spec(config.model)
+    size = config.size or spec.input_size
+    crop = config.crop or round(size * CROP_FRACTION)
+    device = choose_device(config.device)
+    torch.manual_seed(config.seed)
+
+    train_set = SegmentationDataset(find_pairs(config.images, config.masks), spec, size, crop,
+                                    augment=True, seed=config.seed)
+    val_loader = None
+    if config.val_images:
+        if not config.val_masks:
+            raise DataError("a validation set needs both val_images and val_masks")
+        val_set = SegmentationDataset(find_pairs(config.val_images, config.val_masks), spec,
+                                      size, size, augment=False)
+        val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=0)
+
+    net = build_model(spec, config.init) if config.init else ARCHITECTURES[spec.architecture]()
+    net.to(device).train()
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
+                                 weight_decay=0)
+    step, epoch, best = 0, 0, math.inf
+    out = Path(config.out)
+    if config.resume:
+        if not state_path(out).is_file():
+            raise FileNotFoundError(f"nothing to resume: {state_path(out)} does not exist")
+        state = torch.load(state_path(out), map_location=device, weights_only=True)
+        net.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimizer"])
+        step, epoch, best = state["step"], state["epoch"] + 1, state.get("best_val_mae", math.inf)
+        log.info("resumed from %s at step %d", state_path(out), step)
+
+    # drop_last: a final batch of 1 would run batch norm on a single sample. The shuffle is
+    # seeded by the epoch, so a resumed run does not repeat the first epoch's order.
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                        num_workers=config.workers, drop_last=len(train_set) > config.batch_size,
+                        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+                        generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+    log.info("training %s (%s) on %d pairs, %s, batch %d, crop %d of %d, from %s",
+             spec.name, spec.architecture, len(train_set), device, config.batch_size, crop, size,
+             config.init or "random weights")
+    history: list[dict] = []
+    started, seen, running, val_mae = time.perf_counter(), 0, [], None
+
+    def save(epoch: int) -> None:
+        nonlocal best, val_mae
+        _save_atomic(net.state_dict(), out)
+        if val_loader is not None:
+            val_mae = validation_mae(net, val_loader, device)
+            if val_mae < best:
+                best = val_mae
+                _save_atomic(net.state_dict(), best_path(out))
+            log.info("step %d: validation MAE %.4f (best %.4f)", step, val_mae, best)
+        _save_atomic({"model": net.state_dict(), "optimizer": optimiser.state_dict(),
+                      "step": step, "epoch": epoch, "best_val_mae": best,
+                      "config": {k: str(v) for k, v in asdict(config).items()}}, state_path(out))
+
+    for epoch, (x, y) in _batches(loader, train_set, epoch) if step < config.steps else ():
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+            logits = net(x, logits=True)
+        loss, fused = deep_supervision_loss(logits, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; "
+                                     "lower --lr or check the data")
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        seen += len(x)
+        running.append((loss.item(), fused.item()))
+        if step % config.log_every == 0 or step == config.steps:
+            total, fused_mean = np.mean(running, axis=0)
+            rate = seen / (time.perf_counter() - started)
+            history.append({"step": step, "loss": float(total), "fused": float(fused_mean)})
+            log.info("step %d/%d  epoch %d  loss %.4f  fused %.4f  %.1f images/s", step,
+                     config.steps, epoch, total, fused_mean, rate)
+            running.clear()
+        if step >= config.steps:
+            break
+        if step % config.save_every == 0:
+            save(epoch)
+    save(epoch)
+    return {"steps": step, "epochs": epoch + 1, "history": history, "weights": str(out),
+            "validation_mae": val_mae, "best_validation_mae": None if best == math.inf else best}
