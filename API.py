@@ -33,7 +33,7 @@ from GlobalVariables import Settings, SettingsError, configure_logging
 
 log = logging.getLogger("u2net_service.api")
 
-REMOVE_FIELDS = ("sourceImagePath", "outputImagePath", "threshold", "mode")
+REMOVE_FIELDS = ("sourceImagePath", "outputImagePath", "threshold", "mode", "subjectFilter")
 MAX_JSON_BYTES = 64 * 1024
 MAX_BATCH_JOBS = 32
 WEB_DIR = Path(__file__).resolve().parent / "bgservice" / "web"
@@ -115,7 +115,15 @@ def _threshold(body: dict) -> int | None:
     return value
 
 
-def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str, int | None]:
+def _subject_filter(body: dict) -> bool:
+    value = body.get("subjectFilter", False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"'subjectFilter' must be true or false, got {value!r}"[:200])
+    return value
+
+
+def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str, int | None, bool]:
+    """(source, output, mode, threshold, subject filter): remove_paths' arguments."""
     unknown = sorted(set(body) - set(REMOVE_FIELDS))
     if unknown:
         raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; "
@@ -124,7 +132,8 @@ def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str,
         if name not in body:
             raise BadRequest(f"'{name}' is required")
     mode, threshold = resolve_mode(body.get("mode"), _threshold(body), default_mode)
-    return body["sourceImagePath"], body["outputImagePath"], mode, threshold
+    return (body["sourceImagePath"], body["outputImagePath"], mode, threshold,
+            _subject_filter(body))
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -149,9 +158,8 @@ def _register_routes(app: Flask) -> None:
     @app.post("/remove-background")
     def remove_background():
         state = _state()
-        source, output, mode, threshold = _parse_remove_request(_json_object(),
-                                                                state.settings.default_mode)
-        result = state.remover.remove_paths(state.root, source, output, mode, threshold)
+        job = _parse_remove_request(_json_object(), state.settings.default_mode)
+        result = state.remover.remove_paths(state.root, *job)
         return jsonify(result)
 
     @app.post("/remove-background/batch")
@@ -228,8 +236,8 @@ def _run_job(state: ServiceState, index: int, job: object) -> dict:
     try:
         if not isinstance(job, dict):
             raise BadRequest("each job must be a JSON object like the single call's body")
-        source, output, mode, threshold = _parse_remove_request(job, state.settings.default_mode)
-        result = state.remover.remove_paths(state.root, source, output, mode, threshold)
+        result = state.remover.remove_paths(
+            state.root, *_parse_remove_request(job, state.settings.default_mode))
         return {"index": index, "status": 200, "result": result}
     except ServiceError as exc:
         return {"index": index, "status": exc.status, "error": exc.message}

@@ -8,6 +8,7 @@ Modes:
   soft       the mask is the alpha channel (no hard, jagged edge);
   refine     the mask refined along the image's edges (colour guided filter), then foreground
              colours estimated so the old background does not bleed into semi-transparent pixels.
+Any mode can first pass the mask through `drop_small_regions` (the optional subject filter).
 """
 from __future__ import annotations
 
@@ -220,6 +221,38 @@ def refine(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray,
     fg8 = _saturating_add(rgb, correction)
     alpha8 = cv2.convertScaleAbs(a, alpha=255)  # a is in [0, 1]: rounds and saturates
     return compose_rgba(fg8, _combine_alpha(alpha8, alpha))
+
+
+# The subject filter, chosen on the shared ground truth with real U2NETP masks (README, "Cut-out
+# quality"): regions are the 8-connected components of mask >= 32, so a region includes its soft
+# edge; those under a quarter of the largest region's area are dropped. Keeping regions of 2-10 %
+# changed almost nothing; a quarter gave DAVIS IoU +0.4 points and left alphamatting unchanged.
+SUBJECT_LEVEL = 32
+SUBJECT_MIN_FRACTION = 0.25
+
+
+def drop_small_regions(mask: np.ndarray, min_fraction: float = SUBJECT_MIN_FRACTION,
+                       level: int = SUBJECT_LEVEL) -> np.ndarray:
+    """The mask without its small disconnected regions (stray specks, small background figures).
+
+    Pixels under `level` outside every region are left alone: they are faint either way."""
+    if _tiny(mask):
+        return mask
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (mask >= level).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    if count <= 2:  # background plus at most one region: nothing to drop
+        return mask
+    areas = stats[:, cv2.CC_STAT_AREA]
+    drop = areas < min_fraction * areas[1:].max()
+    drop[0] = False  # label 0 is everything under `level`
+    out = mask.copy()
+    # Clear each dropped region inside its own bounding box: they are small by definition, so
+    # this touches a fraction of the image (a full-image label lookup costs ~50 ms at 12 MP).
+    for i in np.flatnonzero(drop):
+        x, y, w, h = stats[i, :4]
+        window = out[y:y + h, x:x + w]
+        window[labels[y:y + h, x:x + w] == i] = 0
+    return out
 
 
 def cut_out(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray, mode: str,

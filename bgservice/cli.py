@@ -127,7 +127,8 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     given = {"mode": args.mode, "threshold": None if args.threshold is None else str(args.threshold),
              "only_mask": "1" if args.only_mask else None, "bg_color": args.bg_color,
              "crop": "1" if args.crop else None,
-             "padding": None if args.padding is None else str(args.padding), "format": args.format}
+             "padding": None if args.padding is None else str(args.padding), "format": args.format,
+             "subject_filter": "1" if args.subject_filter else None}
     try:
         options = parse_options({k: v for k, v in given.items() if v is not None},
                                 settings.default_mode)
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--crop", action="store_true", help="crop to the subject")
     rm.add_argument("--padding", type=int, help="margin around the crop, in pixels")
     rm.add_argument("--format", choices=("png", "webp"), default="png")
+    rm.add_argument("--subject-filter", action="store_true",
+                    help="drop disconnected regions under a quarter of the largest one first")
     rm.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     rm.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     rm.add_argument("--model", help="model name (default: $U2NET_MODEL)")
@@ -235,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score the pipeline on images with ground-truth mattes")
     ev.add_argument("data", type=Path, help="folder with images/, masks/ and optional trimaps/")
     ev.add_argument("--mode", action="append",
-                    help="soft, refine or threshold:N (repeatable; default: all three)")
+                    help="soft, refine or threshold:N, each optionally +filter for the subject "
+                         "filter (repeatable; default: all three)")
     ev.add_argument("--model", action="append",
                     help="NAME or NAME=WEIGHTS; repeat to compare models (default: $U2NET_MODEL)")
     ev.add_argument("--weights", type=Path, help="weights file (default: $U2NET_WEIGHTS)")

@@ -38,18 +38,24 @@ class ModeSpec:
     label: str
     mode: str
     threshold: int | None = None
+    subject_filter: bool = False
 
     @classmethod
     def parse(cls, text: str) -> ModeSpec:
-        mode, _, value = text.partition(":")
+        """'soft', 'refine', 'threshold:200', each optionally with '+filter' (subject filter)."""
+        base, plus, extra = text.partition("+")
+        if plus and extra != "filter":
+            raise ValueError(f"unknown addition {extra!r} in {text!r}; only '+filter' exists")
+        suffix = "+filter" if plus else ""
+        mode, _, value = base.partition(":")
         if mode not in post.MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(post.MODES)}")
         if mode == "threshold":
             threshold = int(value) if value else post.DEFAULT_THRESHOLD
             if not 0 <= threshold <= 255:
                 raise ValueError(f"threshold must be 0..255, got {threshold}")
-            return cls(f"threshold:{threshold}", mode, threshold)
-        return cls(mode, mode)
+            return cls(f"threshold:{threshold}{suffix}", mode, threshold, bool(plus))
+        return cls(mode + suffix, mode, None, bool(plus))
 
 
 def find_cases(data: Path) -> list[tuple[str, Path, Path, Path | None]]:
@@ -114,7 +120,8 @@ def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None
         mask_ms = (time.perf_counter() - started) * 1000
         for spec in modes:
             started = time.perf_counter()
-            rgba = post.cut_out(image.rgb, image.alpha, mask, spec.mode, spec.threshold)
+            m = post.drop_small_regions(mask) if spec.subject_filter else mask
+            rgba = post.cut_out(image.rgb, image.alpha, m, spec.mode, spec.threshold)
             post_ms = (time.perf_counter() - started) * 1000
             alpha = rgba[:, :, 3].astype(np.float32) / 255
             row = {"image": stem, "mode": label + spec.label, "mask_ms": round(mask_ms, 1),

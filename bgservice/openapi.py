@@ -21,6 +21,10 @@ def _errors(*codes: int) -> dict:
                      "content": {"application/json": {"schema": _ERROR}}} for c in codes}
 
 
+_SUBJECT_FILTER = ("Drop disconnected regions under a quarter of the largest one's area (stray "
+                   "specks, small figures in the background) before the mode is applied")
+
+
 def _option_params() -> list[dict]:
     def param(name, schema, description):
         return {"name": name, "in": "query", "required": False, "schema": schema,
@@ -38,6 +42,7 @@ def _option_params() -> list[dict]:
         param("padding", {"type": "integer", "minimum": 0, "maximum": MAX_PADDING},
               "Pixels of margin around the crop"),
         param("format", {"type": "string", "enum": list(FORMATS)}, "png (default) or lossless webp"),
+        param("subject_filter", {"type": "boolean"}, _SUBJECT_FILTER),
     ]
 
 
@@ -52,6 +57,7 @@ def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
             "outputImagePath": {"type": "string", "example": "/Clones/4/clone-image-no-bg.png"},
             "threshold": {"type": "integer", "minimum": 0, "maximum": 255, "nullable": True},
             "mode": {"type": "string", "enum": list(post.MODES), "nullable": True},
+            "subjectFilter": {"type": "boolean", "default": False, "description": _SUBJECT_FILTER},
         },
     }
     remove_result = {
@@ -61,6 +67,7 @@ def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
             "outputImagePath": {"type": "string"}, "width": {"type": "integer"},
             "height": {"type": "integer"}, "mode": {"type": "string", "enum": list(post.MODES)},
             "threshold": {"type": "integer", "nullable": True}, "model": {"type": "string"},
+            "subjectFilter": {"type": "boolean"},
             "bytes": {"type": "integer"},
             "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
         },

@@ -19,7 +19,8 @@ from .imageio import DecodedImage, encode_webp
 from .png import encode_png
 
 FORMATS = {"png": "image/png", "webp": "image/webp"}
-OPTION_NAMES = ("mode", "threshold", "only_mask", "bg_color", "crop", "padding", "format")
+OPTION_NAMES = ("mode", "threshold", "only_mask", "bg_color", "crop", "padding", "format",
+                "subject_filter")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 _HEX = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 MAX_PADDING = 10_000
@@ -34,6 +35,7 @@ class OutputOptions:
     crop: bool = False
     padding: int = 0
     format: str = "png"
+    subject_filter: bool = False  # drop small disconnected regions from the mask first
 
     @property
     def content_type(self) -> str:
@@ -124,14 +126,17 @@ def parse_options(values: Mapping[str, str], default_mode: str) -> OutputOptions
         crop=_bool("crop", values.get("crop", "")),
         padding=_int("padding", values["padding"], 0, MAX_PADDING) if values.get("padding") else 0,
         format=fmt,
+        subject_filter=_bool("subject_filter", values.get("subject_filter", "")),
     )
 
 
 def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions,
                    want_bbox: bool = False):
-    """(pixels, subject bbox): the mask or the cut-out, optionally over a colour, optionally
-    cropped to the subject. The box (input image coordinates) is computed only when cropping or
+    """(pixels, subject bbox): the mask (optionally without its small regions) or the cut-out,
+    optionally over a colour, optionally cropped to the subject. The box (input image coordinates) is computed only when cropping or
     when asked for (`want_bbox`); otherwise it is None."""
+    if options.subject_filter:
+        mask = post.drop_small_regions(mask)
     if options.only_mask:
         pixels, alpha = mask, mask
     else:

@@ -84,7 +84,7 @@ class BackgroundRemover:
                         width, height, bbox, watch.ms)
 
     def remove_paths(self, root: SharedRoot, source: str, output: str, mode: str,
-                     threshold: int | None) -> dict:
+                     threshold: int | None, subject_filter: bool = False) -> dict:
         """The website's call: cut out `source` into `output` (both relative to `root`)."""
         src = root.source(source)
         dst = root.output(output)
@@ -92,7 +92,8 @@ class BackgroundRemover:
         watch = Stopwatch()
         with watch.stage("read"):
             data = read_source(src, self.max_source_bytes)
-        rendered = self.process(data, OutputOptions(mode=mode, threshold=threshold), watch=watch)
+        options = OutputOptions(mode=mode, threshold=threshold, subject_filter=subject_filter)
+        rendered = self.process(data, options, watch=watch)
         with watch.stage("write"):
             atomic_write(dst, rendered.data)
         return {
@@ -101,6 +102,7 @@ class BackgroundRemover:
             "height": rendered.height,
             "mode": mode,
             "threshold": threshold,
+            "subjectFilter": subject_filter,
             "model": self.runtime.spec.name,
             "bytes": len(rendered.data),
             "timings_ms": watch.ms,

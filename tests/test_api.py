@@ -5,6 +5,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import pytest
 from conftest import WEBSITE_REQUEST, make_settings, photo, save_image, snapshot
@@ -284,3 +285,37 @@ def test_local_folder_is_used_when_the_root_is_unset(tmp_path, random_weights, r
     assert (tmp_path / "local-root").is_dir()
     assert "OpenClone_OpenCloneFS is not set; using the local folder" in caplog.text
 
+
+
+def two_subjects_and_a_speck(rgb, timeout=None, timings=None):
+    """A stand-in mask: two people (the second 64 % of the first's area) and a speck."""
+    h, w = rgb.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    cv2.circle(mask, (w // 4, h // 2), h // 4, 255, -1)
+    cv2.circle(mask, (3 * w // 4, h // 2), h // 5, 255, -1)
+    cv2.circle(mask, (w - 6, 5), 2, 255, -1)
+    return mask
+
+
+@pytest.mark.parametrize("subject_filter", [False, True])
+def test_subject_filter_drops_specks_and_keeps_both_people(client, sandbox, runtime, monkeypatch,
+                                                           subject_filter):
+    monkeypatch.setattr(runtime, "mask_for", two_subjects_and_a_speck)
+    save_image(sandbox["root"] / "in.png", photo(200, 120))
+    response = client.post("/remove-background", json={
+        "sourceImagePath": "/in.png", "outputImagePath": "/o.png", "mode": "soft",
+        "subjectFilter": subject_filter})
+    assert response.status_code == 200, response.json
+    assert response.json["subjectFilter"] is subject_filter
+    alpha = np.asarray(Image.open(sandbox["root"] / "o.png"))[..., 3]
+    assert alpha[60, 50] == 255 and alpha[60, 150] == 255  # both people stay
+    assert alpha[5, 194] == (0 if subject_filter else 255)  # the speck goes only when asked
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_bad_subject_filter_is_400(client, sandbox, value):
+    save_image(sandbox["root"] / "in.png", photo())
+    response = client.post("/remove-background", json={
+        "sourceImagePath": "/in.png", "outputImagePath": "/o.png", "subjectFilter": value})
+    assert response.status_code == 400
+    assert "'subjectFilter' must be true or false" in response.json["error"]

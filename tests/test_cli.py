@@ -11,6 +11,8 @@ import pytest
 from conftest import PROJECT, photo, save_image
 from PIL import Image
 
+import Image_PostProcesser as post
+
 pytestmark = pytest.mark.slow
 
 
@@ -69,6 +71,10 @@ def test_stdin_to_stdout_round_trip(cli, tmp_path):
     assert done.returncode == 0, done.stderr.decode()
     mask = Image.open(io.BytesIO(done.stdout))
     assert mask.mode == "L" and mask.size == (64, 48)
+    filtered = cli("remove", "-", "--only-mask", "--subject-filter", stdin=buf.getvalue())
+    assert filtered.returncode == 0, filtered.stderr.decode()
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(filtered.stdout))),
+                                  post.drop_small_regions(np.asarray(mask)))
 
 
 def test_options_reach_the_output(cli, tmp_path):

@@ -1,6 +1,7 @@
 """Image_PostProcesser: the OpenClone threshold rule, exactly."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -54,3 +55,32 @@ def test_bad_arguments_are_rejected():
         post.apply_threshold(rgb, None, np.zeros((2, 2), np.uint8), 256)
     with pytest.raises(ValueError, match="does not match"):
         post.apply_threshold(rgb, None, np.zeros((3, 2), np.uint8), 10)
+
+
+def blobs(soft: bool = True) -> np.ndarray:
+    mask = np.zeros((200, 300), np.uint8)
+    cv2.circle(mask, (80, 100), 50, 255, -1)  # the subject
+    cv2.circle(mask, (220, 100), 30, 255, -1)  # a second one, 36 % of its area
+    cv2.circle(mask, (285, 185), 6, 220, -1)  # a speck
+    return cv2.GaussianBlur(mask, (0, 0), 2) if soft else mask
+
+
+def test_subject_filter_drops_small_regions_with_their_soft_edges():
+    mask = blobs()
+    before = mask.copy()
+    out = post.drop_small_regions(mask)
+    np.testing.assert_array_equal(mask, before)  # input untouched
+    speck = np.zeros_like(mask, bool)
+    cv2.circle(speck.view(np.uint8), (285, 185), 14, 1, -1)
+    region = speck & (mask >= post.SUBJECT_LEVEL)
+    assert region.any() and (out[region] == 0).all()  # the speck and its soft edge >= 32
+    np.testing.assert_array_equal(out[~speck], mask[~speck])  # nothing else changes
+    assert (out[speck & (mask < post.SUBJECT_LEVEL)] == mask[speck & (mask < post.SUBJECT_LEVEL)]).all()
+    stricter = post.drop_small_regions(mask, min_fraction=0.5)  # now the second subject goes too
+    assert stricter[100, 220] == 0 and stricter[100, 80] == 255
+
+
+@pytest.mark.parametrize("mask", [np.zeros((50, 60), np.uint8), np.full((50, 60), 255, np.uint8),
+                                  np.full((2, 3), 255, np.uint8)])
+def test_subject_filter_leaves_single_regions_and_tiny_masks_alone(mask):
+    np.testing.assert_array_equal(post.drop_small_regions(mask), mask)

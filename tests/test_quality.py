@@ -155,3 +155,7 @@ def test_mode_spec_parsing():
         ModeSpec.parse("threshold:300")
     with pytest.raises(ValueError):
         ModeSpec.parse("sharpen")
+    assert ModeSpec.parse("refine+filter") == ModeSpec("refine+filter", "refine", None, True)
+    assert ModeSpec.parse("threshold:128+filter").threshold == 128
+    with pytest.raises(ValueError, match="only '\\+filter'"):
+        ModeSpec.parse("soft+blur")

@@ -187,3 +187,18 @@ def test_batch_jobs_succeed_or_fail_on_their_own(client, sandbox, runtime):
 def test_bad_batches_are_400(client, body, message):
     response = client.post("/remove-background/batch", json=body)
     assert response.status_code == 400 and message in response.json["error"]
+
+
+def test_subject_filter_option_applies_to_the_mask(client, runtime, monkeypatch):
+    from test_api import two_subjects_and_a_speck
+
+    monkeypatch.setattr(runtime, "mask_for", two_subjects_and_a_speck)
+    data = jpeg_bytes(200, 120)
+    plain = np.asarray(Image.open(io.BytesIO(upload(client, data, "?only_mask=1").data)))
+    response = upload(client, data, "?only_mask=1&subject_filter=true")
+    assert response.status_code == 200, response.json
+    filtered = np.asarray(Image.open(io.BytesIO(response.data)))
+    np.testing.assert_array_equal(filtered, post.drop_small_regions(plain))
+    assert plain[5, 194] == 255 and filtered[5, 194] == 0
+    bad = upload(client, data, "?subject_filter=maybe")
+    assert bad.status_code == 400 and "'subject_filter' must be true or false" in bad.json["error"]
