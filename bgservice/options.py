@@ -108,7 +108,8 @@ def parse_options(values: Mapping[str, str], default_mode: str) -> OutputOptions
     """Options from strings (form fields, query string, command line). BadRequest on bad values.
 
     A threshold always means threshold mode, as in the JSON API."""
-    unknown = sorted(set(values) - set(OPTION_NAMES))
+    # A multipart field without a name arrives under the key None: it is named '' in the error.
+    unknown = sorted(str(k or "") for k in set(values) - set(OPTION_NAMES))
     if unknown:
         raise BadRequest(f"unknown option(s) {', '.join(map(repr, unknown))}; "
                          f"expected {', '.join(OPTION_NAMES)}"[:300])

@@ -202,3 +202,15 @@ def test_subject_filter_option_applies_to_the_mask(client, runtime, monkeypatch)
     assert plain[5, 194] == 255 and filtered[5, 194] == 0
     bad = upload(client, data, "?subject_filter=maybe")
     assert bad.status_code == 400 and "'subject_filter' must be true or false" in bad.json["error"]
+
+
+def test_a_form_field_without_a_name_is_400_not_500(client):
+    """Found by schemathesis: werkzeug keys a field without a name as None, which broke sorting."""
+    boundary = "b0undary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data\r\n\r\nnull\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
+            f'x\r\n--{boundary}--\r\n').encode()
+    response = client.post("/api/remove", data=body,
+                           content_type=f"multipart/form-data; boundary={boundary}")
+    assert response.status_code == 400, response.data
+    assert "unknown option(s) ''" in response.json["error"]
