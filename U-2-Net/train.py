@@ -96,16 +96,19 @@ class SegmentationDataset(Dataset):
 
     With `augment`, a random crop and horizontal flip; without, the whole resized image (for
     validation). The target is the mask scaled to [0, 1] (soft mattes stay soft).
+
+    The randomness comes from torch's generator: DataLoader seeds each worker from its own seeded
+    generator, and persistent workers keep advancing theirs, so every epoch crops differently and
+    a run is reproducible. (A counter set on the dataset would not reach persistent workers: each
+    holds its own copy.)
     """
 
     def __init__(self, pairs: Sequence[tuple[Path, Path]], spec: ModelSpec, size: int,
-                 crop: int, augment: bool = True, seed: int = 0):
+                 crop: int, augment: bool = True):
         if not 0 < crop <= size:
             raise ValueError(f"crop {crop} must be between 1 and the resize side {size}")
         self.pairs, self.spec, self.size, self.crop = list(pairs), spec, size, crop
         self.augment = augment
-        self.seed = seed
-        self.epoch = 0  # set by the trainer so each epoch crops differently, reproducibly
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -116,7 +119,7 @@ class SegmentationDataset(Dataset):
         image = resize_antialiased(_load(image_path, "RGB"), side)
         mask = resize_antialiased(_load(mask_path, "L")[:, :, None], side)[:, :, 0]
         if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
             y, x = rng.integers(0, self.size - self.crop + 1, size=2)
             image = image[y:y + self.crop, x:x + self.crop]
             mask = mask[y:y + self.crop, x:x + self.crop]
@@ -200,11 +203,10 @@ def _save_atomic(obj, path: Path) -> None:
         raise
 
 
-def _batches(loader: DataLoader, dataset: SegmentationDataset, start_epoch: int
+def _batches(loader: DataLoader, start_epoch: int
              ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor]]]:
     epoch = start_epoch
     while True:
-        dataset.epoch = epoch
         for batch in loader:
             yield epoch, batch
         epoch += 1
@@ -236,7 +238,7 @@ def train(config: TrainConfig) -> dict:
     torch.manual_seed(config.seed)
 
     train_set = SegmentationDataset(find_pairs(config.images, config.masks), spec, size, crop,
-                                    augment=True, seed=config.seed)
+                                    augment=True)
     val_loader = None
     if config.val_images:
         if not config.val_masks:
@@ -260,8 +262,10 @@ def train(config: TrainConfig) -> dict:
         step, epoch, best = state["step"], state["epoch"] + 1, state.get("best_val_mae", math.inf)
         log.info("resumed from %s at step %d", state_path(out), step)
 
-    # drop_last: a final batch of 1 would run batch norm on a single sample. The shuffle is
-    # seeded by the epoch, so a resumed run does not repeat the first epoch's order.
+    # drop_last: a final batch of 1 would run batch norm on a single sample. The loader's
+    # generator (shuffle order, worker seeds) is seeded by the epoch too, so a resumed run does
+    # not repeat the first epoch's order and crops.
+    torch.manual_seed(config.seed * 100_003 + epoch)  # the crops when loading in-process
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
                         num_workers=config.workers, drop_last=len(train_set) > config.batch_size,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
@@ -285,7 +289,7 @@ def train(config: TrainConfig) -> dict:
                       "step": step, "epoch": epoch, "best_val_mae": best,
                       "config": {k: str(v) for k, v in asdict(config).items()}}, state_path(out))
 
-    for epoch, (x, y) in _batches(loader, train_set, epoch) if step < config.steps else ():
+    for epoch, (x, y) in _batches(loader, epoch) if step < config.steps else ():
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
             logits = net(x, logits=True)

@@ -80,8 +80,7 @@ def test_crops_and_flips_move_image_and_mask_together(tmp_path):
     Image.fromarray(mask).save(masks / "a.png")
     data = SegmentationDataset(find_pairs(images, masks), get_spec("u2netp"), size=64, crop=48)
     flipped = 0
-    for epoch in range(12):
-        data.epoch = epoch
+    for _ in range(12):
         x, y = data[0]
         assert x.shape == (3, 48, 48) and y.shape == (1, 48, 48)
         assert x.dtype == torch.float32 and 0 <= float(y.min()) and float(y.max()) == 1.0
@@ -89,8 +88,22 @@ def test_crops_and_flips_move_image_and_mask_together(tmp_path):
         assert ((y[0] > 0.5) == bright).float().mean() > 0.95
         flipped += float(y[0, :, -1].mean()) > 0.5  # the subject reached the right edge
     assert 0 < flipped < 12  # both orientations occur
-    data.epoch = 0
-    assert torch.equal(data[0][0], data[0][0])  # reproducible per (seed, epoch, index)
+    torch.manual_seed(7)
+    first = data[0][0]
+    torch.manual_seed(7)
+    assert torch.equal(first, data[0][0])  # reproducible from torch's seed
+
+
+def test_persistent_loader_workers_crop_differently_every_epoch(tmp_path):
+    """Worker processes hold their own copy of the dataset: the crops must still change."""
+    from torch.utils.data import DataLoader
+
+    images, masks = write_pairs(tmp_path, 2, size=64)
+    data = SegmentationDataset(find_pairs(images, masks), get_spec("u2netp"), size=64, crop=40)
+    loader = DataLoader(data, batch_size=2, num_workers=2, persistent_workers=True,
+                        generator=torch.Generator().manual_seed(0))
+    epochs = [next(iter(loader))[0] for _ in range(3)]
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
 
 
 def small_config(tmp_path, images, masks, **changes) -> TrainConfig:
