@@ -64,7 +64,11 @@ def make_inputs(root: Path) -> dict[str, str]:
     """The benchmark images, cut and scaled from a real photo, written into the shared root."""
     photo = cv2.imread(str(SHARED / "data" / "photos" / "julia+trotti_17.jpg"))
     if photo is None:
-        sys.exit(f"missing {SHARED}/data/photos: the benchmark reads its photos from ../shared")
+        # ../shared does not travel to a GPU machine. The network's time does not depend on
+        # the pixels; the codecs' does a little, so the run says so.
+        print(f"NOTE: {SHARED}/data/photos is missing; using a synthetic photo (decode and "
+              "encode ratios are then not comparable with runs on the real photo)")
+        photo = synthetic_photo()
     paths = {}
     for name, (w, h), ext in CASES:
         ph, pw = photo.shape[:2]
@@ -79,6 +83,18 @@ def make_inputs(root: Path) -> dict[str, str]:
         cv2.imwrite(str(root / rel), img, params)
         paths[name] = "/" + rel
     return paths
+
+
+def synthetic_photo(width: int = 2000, height: int = 1500) -> np.ndarray:
+    """A photo-like BGR image: a smooth colour field with grain and a brighter subject."""
+    rng = np.random.default_rng(0)
+    field = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (width, height),
+                       interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    yy, xx = np.mgrid[0:height, 0:width]
+    subject = ((yy - height * 0.6) / (height * 0.45)) ** 2 + ((xx - width / 2) / (width * 0.2)) ** 2 < 1
+    field[subject] = field[subject] // 2 + 100
+    field += rng.integers(-10, 11, field.shape, dtype=np.int16)
+    return np.clip(field, 0, 255).astype(np.uint8)
 
 
 def random_weights(architecture: str, folder: Path) -> Path:
@@ -130,9 +146,11 @@ class Server:
     def __init__(self, root: Path, env: dict):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        gunicorn = Path(sys.executable).with_name("gunicorn")
+        # `python -m gunicorn`: the same server as the `gunicorn` script, also where gunicorn was
+        # installed without its script (bench/gpu_run.sh installs wheels with --target).
         self.proc = subprocess.Popen(
-            [str(gunicorn), "-c", "gunicorn_conf.py"], cwd=PROJECT, start_new_session=True,
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn_conf.py"], cwd=PROJECT,
+            start_new_session=True,
             env={**os.environ, "PORT": str(self.port), "OpenClone_OpenCloneFS": str(root),
                  "GUNICORN_MAX_REQUESTS": "0", "LOG_LEVEL": "warning", **env},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -155,8 +173,11 @@ class Server:
         return int(kids[0])
 
     def rss_mb(self) -> tuple[float, float]:
-        """(current, peak) resident memory of the worker, MB."""
-        status = Path(f"/proc/{self.worker_pid()}/status").read_text()
+        """(current, peak) resident memory of the worker, MB (NaN where /proc cannot say)."""
+        try:
+            status = Path(f"/proc/{self.worker_pid()}/status").read_text()
+        except (OSError, IndexError, ValueError):
+            return float("nan"), float("nan")
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
 
