@@ -143,7 +143,8 @@ def _keep_in_fp32(module: torch.nn.Module, device_type: str) -> None:
 class TorchPredictor:
     """The network on its device in PyTorch: a batch of prepared inputs in, masks out.
 
-    fp32 is exact. tf32 (CUDA) rounds convolution inputs to TF32. bf16/fp16 run under autocast with the offset-dominated layers kept in fp32
+    fp32 is exact. tf32 (CUDA) rounds convolution inputs to TF32. bf16/fp16 run under autocast
+    with the offset-dominated layers kept in fp32
     (see `sensitive_layers`); the parity tests bound what that costs.
     """
 

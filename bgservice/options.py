@@ -134,8 +134,9 @@ def parse_options(values: Mapping[str, str], default_mode: str) -> OutputOptions
 def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions,
                    want_bbox: bool = False):
     """(pixels, subject bbox): the mask (optionally without its small regions) or the cut-out,
-    optionally over a colour, optionally cropped to the subject. The box (input image coordinates) is computed only when cropping or
-    when asked for (`want_bbox`); otherwise it is None."""
+    optionally over a colour, optionally cropped to the subject. The box (input image
+    coordinates) is computed only when cropping or when asked for (`want_bbox`); otherwise it is
+    None."""
     if options.subject_filter:
         mask = post.drop_small_regions(mask)
     if options.only_mask:
