@@ -124,3 +124,24 @@ def save_image(path: Path, array: np.ndarray, **params) -> Path:
 def snapshot(folder: Path) -> dict:
     """Every file under `folder` with its size and mtime, to show nothing there changed."""
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def solo_and_concurrent_masks(runtime: ModelRuntime, images: list[np.ndarray]):
+    """(masks one at a time, masks of all at once from as many threads, the batch sizes that the
+    concurrent run formed): the batcher's runner is wrapped meanwhile to record them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone = [runtime.mask_for(image) for image in images]
+    sizes, inner = [], runtime.batcher._run_batch
+
+    def recording(batch):
+        sizes.append(len(batch))
+        return inner(batch)
+
+    runtime.batcher._run_batch = recording
+    try:
+        with ThreadPoolExecutor(len(images)) as pool:
+            together = list(pool.map(runtime.mask_for, images))
+    finally:
+        runtime.batcher._run_batch = inner
+    return alone, together, sizes

@@ -70,34 +70,19 @@ def test_the_gpu_path_batches_concurrent_requests_and_each_gets_its_own_mask(ran
                                                                             precision):
     """The CUDA configuration (PyTorch engine, batches of up to 4) on CPU: concurrent requests
     share forward passes, and each mask equals the one its image gets alone."""
-    from conftest import photo
+    from conftest import photo, solo_and_concurrent_masks
     from u2net.runtime import ModelRuntime, RuntimeOptions
 
     runtime = ModelRuntime.load(RuntimeOptions(
         model="u2netp", weights=random_weights, device="cpu", engine="torch", precision=precision,
         max_batch=4, max_wait_ms=300, warmup_runs=1))
     runtime.start(background=False)
-    sizes, inner = [], runtime.batcher._run_batch
-
-    def counting(batch):
-        sizes.append(len(batch))
-        return inner(batch)
-
-    runtime.batcher._run_batch = counting
     images = [photo(90 + 10 * i, 70, seed=i) for i in range(4)]
     try:
-        alone = [runtime.mask_for(img) for img in images]
-        assert sizes == [1, 1, 1, 1]
-        together: list = [None] * 4
-        threads = [threading.Thread(target=lambda i=i: together.__setitem__(
-            i, runtime.mask_for(images[i]))) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        alone, together, sizes = solo_and_concurrent_masks(runtime, images)
     finally:
         runtime.close()
-    assert max(sizes[4:]) > 1, sizes  # they shared a forward pass
+    assert max(sizes) > 1, sizes  # they shared a forward pass
     for a, b in zip(alone, together, strict=True):
         assert a.shape == b.shape
         # Batched convolutions may sum in another order: a level at most, and rarely.

@@ -7,12 +7,10 @@ batches. Run on a GPU machine with `python -m pytest tests/test_cuda.py` (see be
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
-from conftest import photo, shared_path
+from conftest import photo, shared_path, solo_and_concurrent_masks
 from PIL import Image
 
 from bgservice.imageio import decode_image
@@ -90,25 +88,11 @@ def test_every_gpu_precision_stays_within_parity(real_weights, gpu_fp32, precisi
 
 def test_concurrent_requests_share_gpu_batches(random_weights):
     rt = load(random_weights, max_batch=8, max_wait_ms=50)
-    sizes, inner = [], rt.batcher._run_batch
-
-    def counting(batch):
-        sizes.append(len(batch))
-        return inner(batch)
-
-    rt.batcher._run_batch = counting
-    images = [photo(320, 240, seed) for seed in range(16)]
-    alone = [rt.mask_for(img) for img in images]
-    together: list = [None] * len(images)
-    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, rt.mask_for(images[i])))
-               for i in range(len(images))]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        alone, together, sizes = solo_and_concurrent_masks(
+            rt, [photo(320, 240, seed) for seed in range(16)])
     finally:
         rt.close()
-    assert max(sizes[len(images):]) > 1, sizes
+    assert max(sizes) > 1, sizes
     for a, b in zip(alone, together, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
