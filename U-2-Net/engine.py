@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .model import U2Net
 from .transforms import normalise_prediction
 
@@ -231,10 +230,7 @@ def onnx_model_bytes(build: Callable[[], U2Net], input_size: int, cache_dir: Pat
     if path:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            atomic_write(path, data)
         except OSError as exc:
             log.warning("cannot cache the ONNX export in %s (%s); exporting at every start",
                         cache_dir, exc)

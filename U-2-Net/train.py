@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
+from .atomic import atomic_write
 from .engine import choose_device
 from .model import ARCHITECTURES, U2Net
 from .registry import DEFAULT_MODEL, ModelSpec, get_spec
@@ -188,19 +187,10 @@ def best_path(out: Path) -> Path:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash mid-save (hours into a
-    run) leaves the previous checkpoint whole."""
+    """torch.save, atomically: a crash mid-save (hours into a run) leaves the previous checkpoint
+    whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _batches(loader: DataLoader, start_epoch: int
@@ -265,11 +255,12 @@ def train(config: TrainConfig) -> dict:
     # drop_last: a final batch of 1 would run batch norm on a single sample. The loader's
     # generator (shuffle order, worker seeds) is seeded by the epoch too, so a resumed run does
     # not repeat the first epoch's order and crops.
-    torch.manual_seed(config.seed * 100_003 + epoch)  # the crops when loading in-process
+    epoch_seed = config.seed * 100_003 + epoch
+    torch.manual_seed(epoch_seed)  # the crops when loading in-process
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
                         num_workers=config.workers, drop_last=len(train_set) > config.batch_size,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
-                        generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+                        generator=torch.Generator().manual_seed(epoch_seed))
     log.info("training %s (%s) on %d pairs, %s, batch %d, crop %d of %d, from %s",
              spec.name, spec.architecture, len(train_set), device, config.batch_size, crop, size,
              config.init or "random weights")

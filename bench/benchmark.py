@@ -240,10 +240,9 @@ def network_batches(options: RuntimeOptions, sizes: list[int], repeat: int) -> l
         runtime.close()
 
 
-def precision_comparison(args, options, root, env, paths, repeat) -> dict:
+def precision_comparison(args, options, device, root, env, paths, repeat) -> dict:
     """For each precision: network images/s per batch size, then concurrency over HTTP."""
-    cuda = torch.device(options.device if options.device != "auto" else
-                        ("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda"
+    cuda = device.type == "cuda"
     precisions = [p for p in args.compare_precision.split(",") if p]
     sizes = _ints(args.batch_sizes or ("1,8,32" if cuda else "1,4"))
     clients = _ints(args.clients or ("1,32" if cuda else "1,4"))
@@ -411,7 +410,8 @@ def main() -> int:
               f"{report['first_request_ratio']:.2f}")
 
     if args.compare_precision:
-        report["precisions"] = precision_comparison(args, options, root, env, paths, repeat)
+        report["precisions"] = precision_comparison(args, options, device, root, env, paths,
+                                                    repeat)
 
     if args.rembg:
         from compare_rembg import compare

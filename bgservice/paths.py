@@ -1,4 +1,4 @@
-"""Request paths inside the shared filesystem root, and atomic writes.
+"""Request paths inside the shared filesystem root (atomic writes come from u2net.atomic).
 
 The website sends paths like "/Clones/4/clone-image-with-bg.png": relative to the shared root, with
 a leading slash that does not mean the host's filesystem root. Nothing outside the root may ever be
@@ -10,26 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+
+from u2net.atomic import atomic_write
 
 from .errors import BadRequest, NotFound
+
+__all__ = ["SharedRoot", "atomic_write"]
 
 log = logging.getLogger(__name__)
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _MAX_PATH_CHARS = 4096
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_current_umask()  # what open() would have given; mkstemp gives 0600
 
 
 class SharedRoot:
@@ -90,28 +82,3 @@ class SharedRoot:
         if not self._inside(Path(os.path.realpath(parent)) / real.name):
             raise BadRequest(f"'{field}' leads outside the shared filesystem root")
         return real
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None] | bytes) -> None:
-    """Write `path` completely or not at all: a temporary file beside it, fsync, then rename.
-
-    A crash at any point leaves either no file or the previous complete file, never a partial one
-    (os.replace is atomic within a filesystem; the temporary file is in the same directory).
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(write, (bytes, bytearray, memoryview)):
-                f.write(write)
-            else:
-                write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, _FILE_MODE)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
