@@ -1,7 +1,13 @@
 # The production image: CUDA runtime, non-root, weights fetched and verified at build time.
 #   docker build -t u2net-service .
 #   docker build --build-arg U2NET_WEIGHTS_SHA256=<sha256> -t u2net-service .   (pin the weights)
-FROM nvidia/cuda:12.9.1-runtime-ubuntu24.04
+# The torch wheel pinned in requirements.txt (2.13.0) brings its own CUDA 13.0 libraries (cuDNN,
+# cuBLAS, ...) as pip packages, so the image needs no CUDA toolkit: the `base` flavour adds only
+# the NVIDIA runtime hooks and `NVIDIA_REQUIRE_CUDA=cuda>=13.0`, so a host driver too old for the
+# wheel refuses to start the container instead of leaving torch to fall back to the CPU silently.
+# A `runtime` image of another CUDA version would add ~2 GB of unused, mismatched libraries.
+# Keep the CUDA major here equal to the torch wheel's (tests/test_server.py checks it).
+FROM nvidia/cuda:13.0.2-base-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \

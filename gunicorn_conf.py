@@ -13,7 +13,24 @@ preload_app = False  # load the model in each worker, after fork (CUDA-safe)
 # decode/encode in parallel while the network runs. More workers only pay off with spare cores.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+
+
+def default_threads(env=os.environ) -> int:
+    """Request threads: 8, or twice U2NET_MAX_BATCH when that is larger.
+
+    A batch can only be as large as the number of requests in flight, and each request holds a
+    thread from decode to write. Twice the batch lets one full batch run on the GPU while the next
+    one decodes and the previous one encodes; with only max_batch threads, the batches under load
+    stay smaller than configured. 8 (CPU, max batch 1) keeps memory bounded at 12 MP.
+    """
+    try:
+        max_batch = int(env.get("U2NET_MAX_BATCH") or 0)
+    except ValueError:
+        max_batch = 0  # the worker's settings reject it with a clear message at start
+    return max(8, 2 * max_batch)
+
+
+threads = int(os.environ.get("GUNICORN_THREADS") or default_threads())
 
 # Longer than the slowest request (a 50 MP image on CPU, or a full queue) and than the website's
 # 100 s client timeout, so a slow request is never killed half-way.

@@ -81,7 +81,10 @@ class DynamicBatcher:
                 return
             batch, stop = self._collect(first)
             try:
+                started = time.perf_counter()
                 outputs = self._run_batch(np.stack([item for item, _ in batch]))
+                log.debug("batch of %d in %.1f ms, %d waiting", len(batch),
+                          (time.perf_counter() - started) * 1e3, self._queue.qsize())
                 for (_, future), output in zip(batch, outputs, strict=True):
                     future.set_result(output)
             except BaseException as exc:  # every waiter must hear about the failure

@@ -162,6 +162,25 @@ def test_compose_file_runs_the_image_with_gpu_volume_and_health_check():
     assert "bgremove download" in dockerfile
 
 
+
+# The CUDA major of PyPI's Linux torch wheel, per pinned version: `pip install --dry-run --report
+# r.json --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.12
+# --target /tmp/t torch==X` lists its `cuda-toolkit==...` requirement without downloading it.
+TORCH_WHEEL_CUDA_MAJOR = {"2.13.0": 13}
+
+
+def test_docker_base_image_matches_the_torch_wheels_cuda():
+    """A base image of another CUDA version carries mismatched libraries and driver requirement
+    (a driver too old for the wheel would leave the service silently on the CPU)."""
+    pin = re.search(r"^torch==(\S+)$", (PROJECT / "requirements.txt").read_text(), re.MULTILINE)
+    assert pin, "requirements.txt must pin torch exactly"
+    assert pin.group(1) in TORCH_WHEEL_CUDA_MAJOR, (
+        f"torch {pin.group(1)}: look up its wheel's CUDA version and add it to the table")
+    base = re.search(r"^FROM nvidia/cuda:(\d+)\.[\d.]+-base-", (PROJECT / "Dockerfile").read_text(),
+                     re.MULTILINE)
+    assert base, "the image should start from an nvidia/cuda base flavour"
+    assert int(base.group(1)) == TORCH_WHEEL_CUDA_MAJOR[pin.group(1)]
+
 def test_development_server_runs_on_port(sandbox, random_weights):
     port = free_port()
     env = {**os.environ, "PORT": str(port), "OpenClone_OpenCloneFS": str(sandbox["root"]),

@@ -38,3 +38,23 @@ def test_environment_overrides():
 def test_bad_values_are_named(env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize("env, threads", [
+    ({}, 8),                                           # CPU default: max batch 1
+    ({"U2NET_MAX_BATCH": "8"}, 16),                    # the compose file (GPU)
+    ({"U2NET_MAX_BATCH": "32"}, 64),                   # the GPU benchmark
+    ({"U2NET_MAX_BATCH": "32", "GUNICORN_THREADS": "12"}, 12),  # an explicit choice wins
+    ({"U2NET_MAX_BATCH": "lots"}, 8),                  # the worker's settings reject it
+])
+def test_gunicorn_threads_leave_room_for_full_batches(monkeypatch, env, threads):
+    """Each request holds a thread until its cut-out is written, so with fewer threads than twice
+    the batch, batches under load stay smaller than U2NET_MAX_BATCH allows."""
+    import runpy
+
+    for name in ("U2NET_MAX_BATCH", "GUNICORN_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = runpy.run_path(str(PROJECT_ROOT / "gunicorn_conf.py"))
+    assert config["threads"] == threads
