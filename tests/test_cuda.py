@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import photo, shared_path, solo_and_concurrent_masks
 from PIL import Image
+from u2net.runtime import ModelRuntime, RuntimeOptions
 
 from bgservice.imageio import decode_image
-from u2net.runtime import ModelRuntime, RuntimeOptions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -10,10 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
 from u2net.registry import get_spec
-from u2net.train import (DataError, SegmentationDataset, TrainConfig, best_path,
-                         deep_supervision_loss, find_pairs, state_path, train)
+from u2net.train import (
+    DataError,
+    SegmentationDataset,
+    TrainConfig,
+    best_path,
+    deep_supervision_loss,
+    find_pairs,
+    state_path,
+    train,
+)
 from u2net.weights import build_model
 
 
