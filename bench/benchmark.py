@@ -16,8 +16,9 @@ Measures, in one run:
      and the first request after ready against a steady one;
   4. with --compare-precision: for each precision, the network's images/s at each batch size
      (--batch-sizes) and a production server's throughput and p50 under each --clients level.
-     On CUDA the defaults are batch sizes 1,8,32 and clients 1,32 with U2NET_MAX_BATCH 32: the
-     issue's GPU report, bf16 against fp32, in one command.
+     On CUDA the defaults are batch sizes 1,8,32, clients 1,32 and batch waits 0 and 2 ms
+     (--batch-wait) with U2NET_MAX_BATCH 32: the issue's GPU report, bf16 against fp32, in one
+     command.
 Threshold 0 keeps the whole image, so the PNG encoder does real work. Results also go to
 bench/out/benchmark.json. Shared machines are noisy: read the ratios, not the absolute times.
 """
@@ -253,8 +254,12 @@ def precision_comparison(args, options, device, root, env, paths, repeat) -> dic
     print_table("network alone, per precision and batch size (service engine)",
                 [[r["precision"], r["batch"], f"{r['ms']:.1f} ms", f"{r['images_per_s']:.1f}/s"]
                  for r in network], ["precision", "batch", "time", "images/s"])
-    for precision in precisions if not args.no_http else []:
-        server = Server(root, {**env, "U2NET_PRECISION": precision,
+    # U2NET_BATCH_WAIT_MS: on CUDA, whether waiting a little for companions beats taking only
+    # what is already queued (the compose file sets 2 ms).
+    waits = [float(w) for w in (args.batch_wait or ("0,2" if cuda else "0")).split(",") if w]
+    servers = [(p, w) for p in precisions for w in waits] if not args.no_http else []
+    for precision, wait in servers:
+        server = Server(root, {**env, "U2NET_PRECISION": precision, "U2NET_BATCH_WAIT_MS": str(wait),
                                "U2NET_MAX_BATCH": str(args.max_batch or (32 if cuda else 1))})
         try:
             server.wait_ready()
@@ -262,14 +267,15 @@ def precision_comparison(args, options, device, root, env, paths, repeat) -> dic
                 server.post(paths["1920x1080 JPEG"], "/bench/prec-warm.png")
                 row = concurrency(server, paths["1920x1080 JPEG"], c,
                                   max(2, (64 if cuda else 8) // c))
-                served.append({"precision": precision, **row})
+                served.append({"precision": precision, "batch_wait_ms": wait, **row})
         finally:
             server.stop()
     if served:
-        print_table("1920x1080 JPEG over HTTP, per precision and concurrent clients",
-                    [[r["precision"], r["clients"], f"{r['throughput_per_s']:.2f}/s",
-                      f"{r['p50_ms']:.0f} ms", f"{r['p99_ms']:.0f} ms"] for r in served],
-                    ["precision", "clients", "throughput", "p50", "p99"])
+        print_table("1920x1080 JPEG over HTTP, per precision, batch wait and concurrent clients",
+                    [[r["precision"], f"{r['batch_wait_ms']:g} ms", r["clients"],
+                      f"{r['throughput_per_s']:.2f}/s", f"{r['p50_ms']:.0f} ms",
+                      f"{r['p99_ms']:.0f} ms"] for r in served],
+                    ["precision", "wait", "clients", "throughput", "p50", "p99"])
     return {"network": network, "http": served}
 
 
@@ -318,6 +324,9 @@ def main() -> int:
                         help="also compare these precisions (network batches, HTTP clients)")
     parser.add_argument("--batch-sizes", help="network batch sizes for --compare-precision")
     parser.add_argument("--clients", help="concurrency levels, comma-separated (default 1,2,4)")
+    parser.add_argument("--batch-wait", metavar="MS1,MS2",
+                        help="U2NET_BATCH_WAIT_MS values for --compare-precision's servers "
+                             "(default 0,2 on CUDA, 0 on CPU)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-http", action="store_true", help="skip the production-server part")
     parser.add_argument("--rembg", action="store_true", help="compare with rembg (real U2NETP)")

@@ -2,23 +2,28 @@
 # The GPU machine's one command (the device tool): the CUDA tests, then the issue's GPU report.
 #
 #   run(command="bash bench/gpu_run.sh", carry=[".whl"])
+#   run(command="bash bench/gpu_run.sh tests", ...)   # only the tests (or: bench), when the two
+#                                                      # together would pass one call's time limit
 #
 # The GPU image has PyTorch (CUDA), ONNX Runtime, OpenCV, Pillow and requests but not Flask,
 # gunicorn or zlib-ng: their wheels travel in .whl (git-ignored; the issue 5 note has the download
 # command). ../shared does not travel, and its files are never copied into the project: there the
 # real-weights tests skip and the benchmark uses a synthetic photo (it says so). Output goes to
 # $OUT (the device tool's folder) or bench/out.
-# PYTHON and BENCH_ARGS override the interpreter and the benchmark's arguments.
+# PYTHON, BENCH_ARGS and WHEELS override the interpreter, the benchmark's arguments and the wheel folder.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+STAGE="${1:-all}"
+case "$STAGE" in all|tests|bench) ;; *) echo "usage: $0 [all|tests|bench]" >&2; exit 2 ;; esac
 OUT="${OUT:-bench/out}"
 PYTHON="${PYTHON:-python3}"
 BENCH_ARGS="${BENCH_ARGS:---compare-precision fp32,bf16}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
+WHEELS="${WHEELS:-.whl}"  # the py3.12 wheels for the GPU image (WHEELS=none: skip)
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # The package u2net lives in U-2-Net/ (pyproject.toml maps it); a link imports it uninstalled.
@@ -28,12 +33,17 @@ export PYTHONPATH="/tmp/u2net-pkgs:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
   "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
 } | tee "$OUT/gpu.txt"
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_batching.py \
-  tests/test_engine.py 2>&1 | tee "$OUT/cuda-tests.log"
-tests_rc=${PIPESTATUS[0]}
-# shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-(cd bench && "$PYTHON" benchmark.py $BENCH_ARGS) 2>&1 | tee "$OUT/gpu-benchmark.log"
-bench_rc=${PIPESTATUS[0]}
-cp bench/out/benchmark.json "$OUT/" 2>/dev/null || true
+tests_rc=0 bench_rc=0
+if [ "$STAGE" != bench ]; then
+  "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_batching.py \
+    tests/test_engine.py 2>&1 | tee "$OUT/cuda-tests.log"
+  tests_rc=${PIPESTATUS[0]}
+fi
+if [ "$STAGE" != tests ]; then
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
+  "$PYTHON" bench/benchmark.py $BENCH_ARGS 2>&1 | tee "$OUT/gpu-benchmark.log"
+  bench_rc=${PIPESTATUS[0]}
+  cp bench/out/benchmark.json "$OUT/" 2>/dev/null || true
+fi
 echo "tests rc=$tests_rc benchmark rc=$bench_rc"
 exit $(( tests_rc || bench_rc ))
