@@ -141,7 +141,11 @@ def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str,
 def _register_routes(app: Flask) -> None:
     @app.get("/health")
     def health():
-        """The process is alive (not necessarily ready)."""
+        """200 while the process can serve or is still warming up; 503 once warm-up has failed,
+        so that a liveness probe restarts it (it would never become ready)."""
+        error = _state().runtime.error
+        if error:
+            return jsonify(status="failed", error=error), 503
         return jsonify(status="ok")
 
     @app.get("/ready")

@@ -48,3 +48,17 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Respond to Docker/Kubernetes stop signals promptly.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# gunicorn's exit status for "Worker failed to boot": on it the master stops the whole server.
+WORKER_BOOT_ERROR = 3
+
+
+def post_worker_init(worker):
+    """A worker whose model fails to warm up (CUDA out of memory, a driver error) exits as a boot
+    failure, so gunicorn stops and the container exits: Docker's restart policy or Kubernetes then
+    restarts it with back-off, where a live process that never becomes ready would sit there."""
+    def stop(error: str) -> None:
+        worker.log.error("model %s; stopping the server (exit %d)", error, WORKER_BOOT_ERROR)
+        os._exit(WORKER_BOOT_ERROR)
+
+    worker.wsgi.extensions["u2net"].runtime.on_failure(stop)

@@ -75,8 +75,10 @@ class ModelRuntime:
         self.options = options
         self.weights_sha256 = weights_sha256 or file_digest(weights_path)
         self.warmup_seconds: float | None = None
-        self.error: str | None = None
+        self.error: str | None = None  # why warm-up failed; the runtime then never becomes ready
         self._ready = threading.Event()
+        self._failure_lock = threading.Lock()
+        self._failure_callbacks: list[Callable[[str], None]] = []
         self.max_batch = options.max_batch or (8 if predictor.device.type == "cuda" else 1)
         self.batcher = DynamicBatcher(predictor, max_batch=self.max_batch,
                                       max_wait_s=options.max_wait_ms / 1000,
@@ -117,6 +119,14 @@ class ModelRuntime:
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
 
+    def on_failure(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(error)` when warm-up fails, or at once if it already has."""
+        with self._failure_lock:
+            if self.error is None:
+                self._failure_callbacks.append(callback)
+                return
+        callback(self.error)
+
     def start(self, background: bool = True, then: Callable[[], None] | None = None) -> None:
         """Warm the network up, run `then` (a caller's own warm-up), and only then report ready."""
         if background:
@@ -147,8 +157,12 @@ class ModelRuntime:
             self._ready.set()
             log.info("model warm in %.2f s; ready", self.warmup_seconds)
         except Exception as exc:
-            self.error = f"warm-up failed: {exc}"
             log.exception("warm-up failed; the model will never report ready")
+            with self._failure_lock:
+                self.error = f"warm-up failed: {exc}"
+                callbacks = list(self._failure_callbacks)
+            for callback in callbacks:
+                callback(self.error)
 
     def close(self) -> None:
         self.batcher.close()

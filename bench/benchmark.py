@@ -161,6 +161,9 @@ class Server:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with status {self.proc.returncode} "
+                                   "(3: the model failed to warm up)")
             try:
                 if requests.get(f"{self.base}/ready", timeout=2).status_code == 200:
                     return

@@ -120,9 +120,15 @@ def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
                                       "content": image_types},
                               **_errors(400, 413, 422, 500, 503)},
             }},
-            "/health": {"get": {"summary": "The process is alive", "responses": {
-                "200": {"description": "Alive", "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"status": {"type": "string"}}}}}}}}},
+            "/health": {"get": {"summary": "The process is alive (liveness)", "responses": {
+                "200": {"description": "Alive, serving or still warming up", "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "properties": {"status": {"type": "string"}}}}}},
+                "503": {"description": "The model failed to warm up: restart the process",
+                        "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["status", "error"],
+                            "properties": {"status": {"type": "string"},
+                                           "error": {"type": "string"}}}}}}}}},
             "/ready": {"get": {"summary": "The model is loaded and warm", "responses": {
                 "200": {"description": "Ready", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"ready": {"type": "boolean"},

@@ -40,9 +40,11 @@ class BackgroundRemover:
         self.request_timeout_s = request_timeout_s
 
     def check_ready(self) -> None:
+        if self.runtime.error:
+            raise Unavailable(f"the model failed to start ({self.runtime.error}); this worker "
+                              "will not become ready: see the service log", retry_after=30)
         if not self.runtime.ready:
-            detail = f" ({self.runtime.error})" if self.runtime.error else ""
-            raise Unavailable(f"the model is still loading{detail}; retry shortly", retry_after=5)
+            raise Unavailable("the model is still loading; retry shortly", retry_after=5)
 
     def mask(self, image: DecodedImage, timings: dict | None = None) -> np.ndarray:
         """The model's 8-bit mask at the image's size; Unavailable when overloaded."""
@@ -56,11 +58,14 @@ class BackgroundRemover:
     def warm_up(self, width: int = 1920, height: int = 1080) -> None:
         """Run a synthetic photo through every stage but the write, so that the first real
         request finds codecs, thread pools and the allocator warm (measured: without this the
-        first 1080p request after ready took 1.5x a steady one)."""
+        first 1080p request after ready took 1.5x a steady one). Scaled down to MAX_IMAGE_PIXELS
+        where that is lower, or the limit would refuse the warm-up and the service never start."""
+        scale = min(1.0, (self.max_image_pixels / (width * height)) ** 0.5)
+        width, height = max(1, int(width * scale)), max(1, int(height * scale))
         rng = np.random.default_rng(0)
         rgb = cv2.resize(rng.integers(0, 256, (9, 16, 3), dtype=np.uint8), (width, height),
                          interpolation=cv2.INTER_CUBIC)
-        ok, jpeg = cv2.imencode(".jpg", rgb)
+        _, jpeg = cv2.imencode(".jpg", rgb)
         image = decode_image(jpeg.tobytes(), self.max_image_pixels)
         mask = self.mask(image)
         for options in (OutputOptions(mode="threshold", threshold=0), OutputOptions(mode="refine")):

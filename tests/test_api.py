@@ -220,6 +220,63 @@ def test_not_ready_is_503_with_retry_after(sandbox, random_weights):
         cold.close()
 
 
+
+class BrokenPredictor:
+    """A network that raises, as CUDA running out of memory would."""
+
+    def __init__(self, inner):
+        self.device, self.precision, self.engine = inner.device, inner.precision, inner.engine
+
+    def __call__(self, batch):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+
+def test_failed_warm_up_is_reported_not_retried(sandbox, random_weights, runtime):
+    """A runtime that failed to warm up will never be ready: /health says so (a liveness probe
+    then restarts it), and callers are not told it is still loading."""
+    settings = make_settings(sandbox["root"], random_weights)
+    broken = ModelRuntime(get_spec("u2netp"), random_weights, BrokenPredictor(runtime.predictor),
+                          RuntimeOptions(warmup_runs=1))
+    heard = []
+    broken.on_failure(heard.append)  # registered before the failure
+    try:
+        client = API.create_app(settings, runtime=broken).test_client()
+        assert client.get("/health").status_code == 200  # warming up is alive
+        broken.start(background=False)
+        broken.on_failure(heard.append)  # registered after: called at once
+        assert heard == ["warm-up failed: CUDA out of memory (simulated)"] * 2
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json == {"status": "failed", "error": heard[0]}
+        save_image(sandbox["root"] / "x.png", photo())
+        for response in (client.get("/ready"), client.post("/remove-background", json={
+                "sourceImagePath": "/x.png", "outputImagePath": "/o.png"})):
+            assert response.status_code == 503
+            assert response.headers["Retry-After"] == "30"
+            assert "failed to start" in response.json["error"]
+            assert "CUDA out of memory" in response.json["error"]
+            assert "still loading" not in response.json["error"]
+    finally:
+        broken.close()
+
+
+def test_a_pixel_limit_below_the_warm_up_image_still_starts(sandbox, random_weights):
+    """The warm-up photo (1920x1080) shrinks to MAX_IMAGE_PIXELS; it used to be refused, so the
+    service never became ready."""
+    settings = make_settings(sandbox["root"], random_weights, max_image_pixels=100_000,
+                             warmup_runs=1)
+    app = API.create_app(settings)
+    runtime = app.extensions["u2net"].runtime
+    try:
+        assert runtime.wait_ready(120), runtime.error
+        client = app.test_client()
+        save_image(sandbox["root"] / "x.png", photo(320, 240))
+        response = client.post("/remove-background", json={"sourceImagePath": "/x.png",
+                                                           "outputImagePath": "/o.png"})
+        assert response.status_code == 200, response.json
+    finally:
+        runtime.close()
+
 class GatedPredictor:
     """Wraps the real predictor; blocks while the gate is closed (to fill the queue)."""
 

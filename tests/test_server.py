@@ -33,10 +33,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env_overrides: dict) -> tuple[subprocess.Popen, int]:
+def start_server(env_overrides: dict, app: str | None = None) -> tuple[subprocess.Popen, int]:
+    """The Dockerfile's command on a free port; `app` replaces gunicorn_conf.py's wsgi_app."""
     cmd = dockerfile_cmd()
     assert cmd[0] == "gunicorn"
     cmd[0] = str(Path(sys.executable).with_name("gunicorn"))  # this environment's gunicorn
+    if app:
+        cmd.append(app)
     port = free_port()
     env = {**os.environ, "PORT": str(port), "U2NET_DEVICE": "cpu", "U2NET_WARMUP_RUNS": "1",
            "U2NET_CACHE_DIR": str(env_overrides.pop("cache", PROJECT / ".pytest-onnx-cache")),
@@ -89,7 +92,7 @@ def server(sandbox, random_weights):
 
 
 def test_production_server_answers_the_website(server, sandbox):
-    proc, base = server
+    _, base = server
     save_image(sandbox["root"] / "Clones/4/clone-image-with-bg.png", photo(320, 240))
     response = requests.post(f"{base}/remove-background", json=WEBSITE_REQUEST,
                              headers={"Accept": "application/json", "Connection": "close"},
@@ -107,7 +110,7 @@ def test_production_server_answers_the_website(server, sandbox):
 
 
 def test_master_process_never_loads_torch(server):
-    proc, base = server
+    proc, _ = server
     maps = Path(f"/proc/{proc.pid}/maps").read_text()
     assert "libtorch" not in maps  # gunicorn's master: no torch, so no CUDA before fork
     workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
@@ -118,7 +121,7 @@ def test_master_process_never_loads_torch(server):
 def test_concurrent_clients_over_http(server, sandbox):
     from concurrent.futures import ThreadPoolExecutor
 
-    proc, base = server
+    _, base = server
     for i in range(4):
         save_image(sandbox["root"] / f"in/{i}.jpg", photo(200 + 20 * i, 150, seed=i), quality=90)
 
@@ -136,9 +139,9 @@ def test_concurrent_clients_over_http(server, sandbox):
 
 
 def test_missing_weights_refuse_to_start_naming_the_file_and_the_command(sandbox, tmp_path):
-    proc, port = start_server({"OpenClone_OpenCloneFS": str(sandbox["root"]),
-                               "U2NET_MODEL": "u2net_human_seg",
-                               "U2NET_MODELS_DIR": str(tmp_path / "empty")})
+    proc, _ = start_server({"OpenClone_OpenCloneFS": str(sandbox["root"]),
+                            "U2NET_MODEL": "u2net_human_seg",
+                            "U2NET_MODELS_DIR": str(tmp_path / "empty")})
     try:
         proc.wait(timeout=90)
     except subprocess.TimeoutExpired:
@@ -148,6 +151,23 @@ def test_missing_weights_refuse_to_start_naming_the_file_and_the_command(sandbox
     assert str(tmp_path / "empty" / "u2net_human_seg" / "u2net_human_seg.pth") in log
     assert "bgremove download u2net_human_seg" in log
 
+
+
+def test_a_worker_whose_model_fails_to_warm_up_stops_the_server(sandbox, random_weights):
+    """gunicorn_conf.py's hook: rather than a live process that is never ready, the server exits
+    as a boot failure, so that Docker's restart policy or Kubernetes restarts it with back-off."""
+    proc, _ = start_server({"OpenClone_OpenCloneFS": str(sandbox["root"]),
+                            "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights),
+                            "PYTHONPATH": os.pathsep.join([str(PROJECT / "tests"),
+                                                           os.environ.get("PYTHONPATH", "")])},
+                           app="warmup_failure_app:app")
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        pass
+    log = stop(proc)
+    assert proc.returncode == 3, log[-3000:]  # gunicorn's "Worker failed to boot"
+    assert "warm-up failed: CUDA out of memory (simulated)" in log
 
 def test_compose_file_runs_the_image_with_gpu_volume_and_health_check():
     service = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]["u2net"]
