@@ -54,11 +54,13 @@ WORKER_BOOT_ERROR = 3
 
 
 def post_worker_init(worker):
-    """A worker whose model fails to warm up (CUDA out of memory, a driver error) exits as a boot
-    failure, so gunicorn stops and the container exits: Docker's restart policy or Kubernetes then
-    restarts it with back-off, where a live process that never becomes ready would sit there."""
+    """A worker whose model fails (its warm-up: CUDA out of memory, a driver error; or forward
+    passes failing again and again afterwards: a lost GPU) exits as a boot failure, so gunicorn
+    stops and the container exits: Docker's restart policy or Kubernetes then restarts it with
+    back-off, where a live process that can't serve would sit there."""
     def stop(error: str) -> None:
-        worker.log.error("model %s; stopping the server (exit %d)", error, WORKER_BOOT_ERROR)
+        worker.log.error("model runtime failed (%s); stopping the server (exit %d)", error,
+                         WORKER_BOOT_ERROR)
         os._exit(WORKER_BOOT_ERROR)
 
     worker.wsgi.extensions["u2net"].runtime.on_failure(stop)

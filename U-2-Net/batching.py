@@ -28,10 +28,13 @@ class QueueFull(RuntimeError):
 
 class DynamicBatcher:
     def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], *, max_batch: int,
-                 max_wait_s: float, max_queue: int, name: str = "u2net-batcher"):
+                 max_wait_s: float, max_queue: int, name: str = "u2net-batcher",
+                 on_batch: Callable[[BaseException | None], None] | None = None):
+        """`on_batch`, when given, hears after every batch: None, or the exception it raised."""
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
         self._run_batch = run_batch
+        self._on_batch = on_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
@@ -80,17 +83,26 @@ class DynamicBatcher:
             if first is _STOP:
                 return
             batch, stop = self._collect(first)
+            outputs, error = None, None
             try:
                 started = time.perf_counter()
                 outputs = self._run_batch(np.stack([item for item, _ in batch]))
+                if len(outputs) != len(batch):
+                    raise RuntimeError(f"{len(outputs)} outputs for a batch of {len(batch)}")
                 log.debug("batch of %d in %.1f ms, %d waiting", len(batch),
                           (time.perf_counter() - started) * 1e3, self._queue.qsize())
-                for (_, future), output in zip(batch, outputs, strict=True):
-                    future.set_result(output)
             except BaseException as exc:  # every waiter must hear about the failure
+                error = exc
                 log.exception("batch of %d failed", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+            if self._on_batch is not None:  # first, so that the state is settled when callers hear
+                try:
+                    self._on_batch(error)
+                except Exception:
+                    log.exception("the on_batch callback failed")
+            for i, (_, future) in enumerate(batch):
+                if error is None:
+                    future.set_result(outputs[i])
+                else:
+                    future.set_exception(error)
             if stop:
                 return

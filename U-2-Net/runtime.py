@@ -50,6 +50,9 @@ class RuntimeOptions:
     max_wait_ms: float = 0.0
     max_queue: int = 32
     warmup_runs: int = 2
+    # This many failed forward passes in a row after a good warm-up mark the runtime failed (see
+    # ModelRuntime._after_batch); 0 never does.
+    max_failed_batches: int = 3
 
 
 def calibration_input(spec: ModelSpec) -> np.ndarray:
@@ -80,9 +83,10 @@ class ModelRuntime:
         self._failure_lock = threading.Lock()
         self._failure_callbacks: list[Callable[[str], None]] = []
         self.max_batch = options.max_batch or (8 if predictor.device.type == "cuda" else 1)
+        self._failed_batches = 0  # in a row; only the batcher's thread touches it
         self.batcher = DynamicBatcher(predictor, max_batch=self.max_batch,
                                       max_wait_s=options.max_wait_ms / 1000,
-                                      max_queue=options.max_queue)
+                                      max_queue=options.max_queue, on_batch=self._after_batch)
 
     @classmethod
     def load(cls, options: RuntimeOptions) -> ModelRuntime:
@@ -120,7 +124,8 @@ class ModelRuntime:
         return self._ready.wait(timeout)
 
     def on_failure(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(error)` when warm-up fails, or at once if it already has."""
+        """Call `callback(error)` when the runtime fails (its warm-up, or forward passes again and
+        again afterwards), or at once if it already has."""
         with self._failure_lock:
             if self.error is None:
                 self._failure_callbacks.append(callback)
@@ -158,11 +163,36 @@ class ModelRuntime:
             log.info("model warm in %.2f s; ready", self.warmup_seconds)
         except Exception as exc:
             log.exception("warm-up failed; the model will never report ready")
-            with self._failure_lock:
-                self.error = f"warm-up failed: {exc}"
-                callbacks = list(self._failure_callbacks)
-            for callback in callbacks:
-                callback(self.error)
+            self._fail(f"warm-up failed: {exc}")
+
+    def _after_batch(self, error: BaseException | None) -> None:
+        """Count failed forward passes in a row; past the limit, the runtime has failed.
+
+        The network's input is always (n, 3, 320, 320) with n up to max_batch, and warm-up ran
+        every such shape, so forward passes that keep failing after a good warm-up mean a broken
+        device (a sticky CUDA error, a lost GPU), not a bad request. Reporting that (/health 503,
+        and under gunicorn an exit) lets the orchestrator restart the process.
+        """
+        if error is None:
+            self._failed_batches = 0
+            return
+        self._failed_batches += 1
+        limit = self.options.max_failed_batches
+        if limit and self._failed_batches >= limit and self.ready:
+            self._fail(f"{self._failed_batches} forward passes failed in a row, the last with: "
+                       f"{error}")
+
+    def _fail(self, error: str) -> None:
+        """Mark the runtime failed for good and tell whoever registered with on_failure."""
+        with self._failure_lock:
+            if self.error is not None:
+                return
+            self.error = error
+            self._ready.clear()
+            callbacks = list(self._failure_callbacks)
+        log.error("model runtime failed: %s", error)
+        for callback in callbacks:
+            callback(error)
 
     def close(self) -> None:
         self.batcher.close()
@@ -205,4 +235,5 @@ class ModelRuntime:
             "max_queue": self.options.max_queue,
             "ready": self.ready,
             "warmup_seconds": self.warmup_seconds,
+            "error": self.error,  # why it failed (then it never becomes ready again)
         }

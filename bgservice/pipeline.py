@@ -41,8 +41,9 @@ class BackgroundRemover:
 
     def check_ready(self) -> None:
         if self.runtime.error:
-            raise Unavailable(f"the model failed to start ({self.runtime.error}); this worker "
-                              "will not become ready: see the service log", retry_after=30)
+            raise Unavailable(f"the model has failed ({self.runtime.error}); this worker will "
+                              "not recover and should be restarted: see the service log",
+                              retry_after=30)
         if not self.runtime.ready:
             raise Unavailable("the model is still loading; retry shortly", retry_after=5)
 

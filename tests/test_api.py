@@ -253,12 +253,62 @@ def test_failed_warm_up_is_reported_not_retried(sandbox, random_weights, runtime
                 "sourceImagePath": "/x.png", "outputImagePath": "/o.png"})):
             assert response.status_code == 503
             assert response.headers["Retry-After"] == "30"
-            assert "failed to start" in response.json["error"]
+            assert "has failed" in response.json["error"]
             assert "CUDA out of memory" in response.json["error"]
             assert "still loading" not in response.json["error"]
     finally:
         broken.close()
 
+
+
+class FailingLater:
+    """The real network until `broken` is set, then a sticky device error."""
+
+    def __init__(self, inner):
+        self.inner, self.broken = inner, threading.Event()
+        self.device, self.precision, self.engine = inner.device, inner.precision, inner.engine
+
+    def __call__(self, batch):
+        if self.broken.is_set():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+        return self.inner(batch)
+
+
+def test_forward_passes_failing_in_a_row_mark_the_runtime_failed(sandbox, random_weights, runtime):
+    settings = make_settings(sandbox["root"], random_weights)
+    network = FailingLater(runtime.predictor)
+    served = ModelRuntime(get_spec("u2netp"), random_weights, network,
+                          RuntimeOptions(warmup_runs=1, max_failed_batches=3))
+    heard = []
+    served.on_failure(heard.append)
+    try:
+        served.start(background=False)
+        client = API.create_app(settings, runtime=served).test_client()
+        save_image(sandbox["root"] / "x.png", photo())
+        job = {"sourceImagePath": "/x.png", "outputImagePath": "/o.png"}
+
+        def fail_twice_then_recover():
+            network.broken.set()
+            assert [client.post("/remove-background", json=job).status_code
+                    for _ in range(2)] == [500, 500]
+            network.broken.clear()
+            assert client.post("/remove-background", json=job).status_code == 200
+
+        fail_twice_then_recover()  # a success resets the count
+        fail_twice_then_recover()
+        assert heard == [] and client.get("/health").status_code == 200
+
+        network.broken.set()
+        statuses = [client.post("/remove-background", json=job).status_code for _ in range(4)]
+        assert statuses == [500, 500, 500, 503]  # the third failure marks it failed
+        assert heard and "3 forward passes failed in a row" in heard[0]
+        assert "illegal memory access" in heard[0]
+        assert client.get("/health").status_code == 503
+        assert client.get("/ready").status_code == 503
+        info = client.get("/model-info").json
+        assert info["ready"] is False and info["error"] == heard[0]
+    finally:
+        served.close()
 
 def test_a_pixel_limit_below_the_warm_up_image_still_starts(sandbox, random_weights):
     """The warm-up photo (1920x1080) shrinks to MAX_IMAGE_PIXELS; it used to be refused, so the

@@ -42,6 +42,27 @@ def test_a_failing_batch_fails_every_waiter_and_the_batcher_goes_on():
     batcher.close()
 
 
+
+def test_on_batch_hears_every_batch_before_its_callers_do():
+    heard = []
+
+    def run(batch):
+        if batch[0][0] < 0:
+            raise RuntimeError("negative")
+        return batch if batch[0][0] < 10 else batch[:0]  # 10: a wrong number of outputs
+
+    batcher = DynamicBatcher(run, max_batch=1, max_wait_s=0, max_queue=8, on_batch=heard.append)
+    try:
+        assert batcher.run(np.ones(1), timeout=5)[0] == 1 and heard == [None]
+        with pytest.raises(RuntimeError, match="negative"):
+            batcher.run(-np.ones(1), timeout=5)
+        assert len(heard) == 2 and str(heard[1]) == "negative"  # already heard when we hear
+        with pytest.raises(RuntimeError, match="0 outputs for a batch of 1"):
+            batcher.run(np.full(1, 10.0), timeout=5)
+        assert batcher.run(np.ones(1), timeout=5)[0] == 1 and heard[-1] is None
+    finally:
+        batcher.close()
+
 def test_full_queue_refuses_at_once():
     gate = threading.Event()
 
