@@ -183,6 +183,28 @@ def test_compose_file_runs_the_image_with_gpu_volume_and_health_check():
 
 
 
+
+def test_readmes_kubernetes_manifest_fits_the_image_and_the_app():
+    readme = (PROJECT / "README.md").read_text()
+    block = re.search(r"On Kubernetes.*?```yaml\n(.*?)```", readme, re.DOTALL).group(1)
+    deployment, service = yaml.safe_load_all(block)
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["ports"] == [{"containerPort": 5002}]
+    assert {"name": "OpenClone_OpenCloneFS", "value": "/OpenCloneFS"} in container["env"]
+    assert container["volumeMounts"][0]["mountPath"] == "/OpenCloneFS"
+    assert container["volumeMounts"][0]["name"] == pod["volumes"][0]["name"]
+    uid = re.search(r"--uid (\d+)", (PROJECT / "Dockerfile").read_text()).group(1)
+    assert pod["securityContext"]["runAsUser"] == int(uid)
+    probes = {kind: container[kind]["httpGet"] for kind in
+              ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert {p["port"] for p in probes.values()} == {5002}
+    assert probes["livenessProbe"]["path"] == "/health"
+    assert probes["readinessProbe"]["path"] == probes["startupProbe"]["path"] == "/ready"
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"port": 5002, "targetPort": 5002}]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
 # The CUDA major of PyPI's Linux torch wheel, per pinned version: `pip install --dry-run --report
 # r.json --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.12
 # --target /tmp/t torch==X` lists its `cuda-toolkit==...` requirement without downloading it.
