@@ -15,6 +15,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
+# Unpinned: the Ubuntu archive drops superseded versions, so pins would break rebuilds; the base
+# image's tag pins the release.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
@@ -38,14 +41,16 @@ ENV U2NET_MODEL=${U2NET_MODEL} \
 RUN bgremove download "${U2NET_MODEL}" --quiet \
         ${U2NET_WEIGHTS_SHA256:+--sha256 "${U2NET_WEIGHTS_SHA256}"}
 
-# The ONNX export cache (CPU deployments) must be writable by the service user.
-RUN useradd --system --uid 10001 --no-create-home --home-dir /app u2net \
+# The ONNX export cache (CPU deployments) must be writable by the service user. USER is numeric
+# so that Kubernetes' runAsNonRoot can verify it (a name it cannot resolve is refused).
+RUN groupadd --system --gid 10001 u2net \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app u2net \
     && mkdir -p /OpenCloneFS /app/saved_models/.cache \
-    && chown u2net /OpenCloneFS /app/saved_models/.cache
-USER u2net
+    && chown 10001:10001 /OpenCloneFS /app/saved_models/.cache
+USER 10001:10001
 
 EXPOSE 5002
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ready' % os.environ.get('PORT', '5002'), timeout=4)"
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ready' % os.environ.get('PORT', '5002'), timeout=4)"]
 
 CMD ["gunicorn", "-c", "gunicorn_conf.py"]
