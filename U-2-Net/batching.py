@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout  # builtin TimeoutError from 3.11
 
 import numpy as np
 
@@ -52,7 +53,14 @@ class DynamicBatcher:
         return future
 
     def run(self, item: np.ndarray, timeout: float | None = None) -> np.ndarray:
-        return self.submit(item).result(timeout=timeout)
+        """The output row for `item`. On timeout the item is withdrawn if it has not started, so
+        that under overload the network does not spend itself on answers nobody waits for."""
+        future = self.submit(item)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise
 
     @property
     def waiting(self) -> int:
@@ -83,6 +91,13 @@ class DynamicBatcher:
             if first is _STOP:
                 return
             batch, stop = self._collect(first)
+            # Items whose caller gave up (cancelled futures) are dropped here, not computed.
+            batch = [(item, future) for item, future in batch
+                     if future.set_running_or_notify_cancel()]
+            if not batch:
+                if stop:
+                    return
+                continue
             outputs, error = None, None
             try:
                 started = time.perf_counter()

@@ -63,6 +63,32 @@ def test_on_batch_hears_every_batch_before_its_callers_do():
     finally:
         batcher.close()
 
+
+def test_an_item_whose_caller_timed_out_is_not_computed():
+    """Under overload, answers nobody waits for would only lengthen the queue."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    gate, seen = threading.Event(), []
+
+    def run(batch):
+        gate.wait(10)
+        seen.extend(float(row[0]) for row in batch)
+        return batch
+
+    batcher = DynamicBatcher(run, max_batch=4, max_wait_s=0, max_queue=8)
+    try:
+        first = batcher.submit(np.full(1, 1.0))  # holds the network
+        time.sleep(0.2)
+        with pytest.raises(FutureTimeout):
+            batcher.run(np.full(1, 2.0), timeout=0.1)  # gives up while queued
+        later = batcher.submit(np.full(1, 3.0))
+        gate.set()
+        assert first.result(5)[0] == 1 and later.result(5)[0] == 3
+        assert seen == [1.0, 3.0]
+    finally:
+        gate.set()
+        batcher.close()
+
 def test_full_queue_refuses_at_once():
     gate = threading.Event()
 
