@@ -14,9 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import (
-    TimeoutError as FutureTimeout,  # builtin TimeoutError from 3.11
-)
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
