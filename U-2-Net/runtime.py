@@ -78,7 +78,7 @@ class ModelRuntime:
         self.options = options
         self.weights_sha256 = weights_sha256 or file_digest(weights_path)
         self.warmup_seconds: float | None = None
-        self.error: str | None = None  # why warm-up failed; the runtime then never becomes ready
+        self.error: str | None = None  # why the runtime failed; it then never becomes ready
         self._ready = threading.Event()
         self._failure_lock = threading.Lock()
         self._failure_callbacks: list[Callable[[str], None]] = []
@@ -169,8 +169,8 @@ class ModelRuntime:
         """Count failed forward passes in a row; past the limit, the runtime has failed.
 
         The network's input is always (n, 3, 320, 320) with n up to max_batch, and warm-up ran
-        every such shape, so forward passes that keep failing after a good warm-up mean a broken
-        device (a sticky CUDA error, a lost GPU), not a bad request. Reporting that (/health 503,
+        that shape (on CUDA every n), so forward passes that keep failing after a good warm-up
+        mean a broken device (a sticky CUDA error, a lost GPU), not a bad request. Reporting that (/health 503,
         and under gunicorn an exit) lets the orchestrator restart the process.
         """
         if error is None:
