@@ -141,8 +141,8 @@ def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str,
 def _register_routes(app: Flask) -> None:
     @app.get("/health")
     def health():
-        """200 while the process can serve or is still warming up; 503 once warm-up has failed,
-        so that a liveness probe restarts it (it would never become ready)."""
+        """200 while the process can serve or is still warming up; 503 once the model has failed
+        (runtime.error), so that a liveness probe restarts it: it would never serve again."""
         error = _state().runtime.error
         if error:
             return jsonify(status="failed", error=error), 503

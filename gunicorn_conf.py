@@ -15,7 +15,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_class = "gthread"
 
 
-def default_threads(env=os.environ) -> int:
+def default_threads() -> int:
     """Request threads: 8, or twice U2NET_MAX_BATCH when that is larger.
 
     A batch can only be as large as the number of requests in flight, and each request holds a
@@ -24,7 +24,7 @@ def default_threads(env=os.environ) -> int:
     stay smaller than configured. 8 (CPU, max batch 1) keeps memory bounded at 12 MP.
     """
     try:
-        max_batch = int(env.get("U2NET_MAX_BATCH") or 0)
+        max_batch = int(os.environ.get("U2NET_MAX_BATCH") or 0)
     except ValueError:
         max_batch = 0  # the worker's settings reject it with a clear message at start
     return max(8, 2 * max_batch)
