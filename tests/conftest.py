@@ -6,6 +6,7 @@ tests about real behaviour use the real U2NETP weights in ../shared, which must 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,22 @@ def app(settings, runtime):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+class FaultyPredictor:
+    """The real network, except while `broken` is set: then it raises `message`, as a device
+    failure (CUDA out of memory, a sticky CUDA error) would."""
+
+    def __init__(self, inner, message: str, broken: bool = False):
+        self.inner, self.message, self.broken = inner, message, threading.Event()
+        if broken:
+            self.broken.set()
+        self.device, self.precision, self.engine = inner.device, inner.precision, inner.engine
+
+    def __call__(self, batch):
+        if self.broken.is_set():
+            raise RuntimeError(self.message)
+        return self.inner(batch)
 
 
 def photo(width: int = 160, height: int = 120, seed: int = 0) -> np.ndarray:

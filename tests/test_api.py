@@ -8,7 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
-from conftest import WEBSITE_REQUEST, make_settings, photo, save_image, snapshot
+from conftest import (
+    WEBSITE_REQUEST,
+    FaultyPredictor,
+    make_settings,
+    photo,
+    save_image,
+    snapshot,
+)
 from PIL import Image
 from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, RuntimeOptions
@@ -220,22 +227,12 @@ def test_not_ready_is_503_with_retry_after(sandbox, random_weights):
         cold.close()
 
 
-
-class BrokenPredictor:
-    """A network that raises, as CUDA running out of memory would."""
-
-    def __init__(self, inner):
-        self.device, self.precision, self.engine = inner.device, inner.precision, inner.engine
-
-    def __call__(self, batch):
-        raise RuntimeError("CUDA out of memory (simulated)")
-
-
 def test_failed_warm_up_is_reported_not_retried(sandbox, random_weights, runtime):
     """A runtime that failed to warm up will never be ready: /health says so (a liveness probe
     then restarts it), and callers are not told it is still loading."""
     settings = make_settings(sandbox["root"], random_weights)
-    broken = ModelRuntime(get_spec("u2netp"), random_weights, BrokenPredictor(runtime.predictor),
+    network = FaultyPredictor(runtime.predictor, "CUDA out of memory (simulated)", broken=True)
+    broken = ModelRuntime(get_spec("u2netp"), random_weights, network,
                           RuntimeOptions(warmup_runs=1))
     heard = []
     broken.on_failure(heard.append)  # registered before the failure
@@ -260,23 +257,10 @@ def test_failed_warm_up_is_reported_not_retried(sandbox, random_weights, runtime
         broken.close()
 
 
-
-class FailingLater:
-    """The real network until `broken` is set, then a sticky device error."""
-
-    def __init__(self, inner):
-        self.inner, self.broken = inner, threading.Event()
-        self.device, self.precision, self.engine = inner.device, inner.precision, inner.engine
-
-    def __call__(self, batch):
-        if self.broken.is_set():
-            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
-        return self.inner(batch)
-
-
 def test_forward_passes_failing_in_a_row_mark_the_runtime_failed(sandbox, random_weights, runtime):
     settings = make_settings(sandbox["root"], random_weights)
-    network = FailingLater(runtime.predictor)
+    network = FaultyPredictor(
+        runtime.predictor, "CUDA error: an illegal memory access was encountered (simulated)")
     served = ModelRuntime(get_spec("u2netp"), random_weights, network,
                           RuntimeOptions(warmup_runs=1, max_failed_batches=3))
     heard = []
@@ -310,6 +294,7 @@ def test_forward_passes_failing_in_a_row_mark_the_runtime_failed(sandbox, random
     finally:
         served.close()
 
+
 def test_a_pixel_limit_below_the_warm_up_image_still_starts(sandbox, random_weights):
     """The warm-up photo (1920x1080) shrinks to MAX_IMAGE_PIXELS; it used to be refused, so the
     service never became ready."""
@@ -326,6 +311,7 @@ def test_a_pixel_limit_below_the_warm_up_image_still_starts(sandbox, random_weig
         assert response.status_code == 200, response.json
     finally:
         runtime.close()
+
 
 class GatedPredictor:
     """Wraps the real predictor; blocks while the gate is closed (to fill the queue)."""
@@ -395,7 +381,6 @@ def test_local_folder_is_used_when_the_root_is_unset(tmp_path, random_weights, r
     API.create_app(settings, runtime=runtime)
     assert (tmp_path / "local-root").is_dir()
     assert "OpenClone_OpenCloneFS is not set; using the local folder" in caplog.text
-
 
 
 def two_subjects_and_a_speck(rgb, timeout=None, timings=None):

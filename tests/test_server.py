@@ -60,6 +60,15 @@ def stop(proc: subprocess.Popen) -> str:
     return out
 
 
+def wait_for_exit(proc: subprocess.Popen, timeout: float = 90) -> str:
+    """The server's log once it has exited by itself (stopped after `timeout` if it has not)."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    return stop(proc)
+
+
 def wait_until_ready(proc, base: str, timeout: float = 120) -> list[int]:
     """Poll /ready; return the statuses seen (503s while warming, then 200)."""
     seen = []
@@ -142,15 +151,10 @@ def test_missing_weights_refuse_to_start_naming_the_file_and_the_command(sandbox
     proc, _ = start_server({"OpenClone_OpenCloneFS": str(sandbox["root"]),
                             "U2NET_MODEL": "u2net_human_seg",
                             "U2NET_MODELS_DIR": str(tmp_path / "empty")})
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        pass
-    log = stop(proc)
+    log = wait_for_exit(proc)
     assert proc.returncode not in (0, None)
     assert str(tmp_path / "empty" / "u2net_human_seg" / "u2net_human_seg.pth") in log
     assert "bgremove download u2net_human_seg" in log
-
 
 
 def test_a_worker_whose_model_fails_to_warm_up_stops_the_server(sandbox, random_weights):
@@ -161,13 +165,10 @@ def test_a_worker_whose_model_fails_to_warm_up_stops_the_server(sandbox, random_
                             "PYTHONPATH": os.pathsep.join([str(PROJECT / "tests"),
                                                            os.environ.get("PYTHONPATH", "")])},
                            app="warmup_failure_app:app")
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        pass
-    log = stop(proc)
+    log = wait_for_exit(proc)
     assert proc.returncode == 3, log[-3000:]  # gunicorn's "Worker failed to boot"
     assert "warm-up failed: CUDA out of memory (simulated)" in log
+
 
 def test_compose_file_runs_the_image_with_gpu_volume_and_health_check():
     service = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]["u2net"]
@@ -182,15 +183,13 @@ def test_compose_file_runs_the_image_with_gpu_volume_and_health_check():
     assert "bgremove download" in dockerfile
 
 
-
-
-
 def test_dockerfile_passes_hadolint():
     """No Docker engine builds the image here; the linter catches what a build review would."""
     hadolint = Path(sys.executable).with_name("hadolint")
     result = subprocess.run([str(hadolint), str(PROJECT / "Dockerfile")], capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
 
 def test_readmes_kubernetes_manifest_fits_the_image_and_the_app():
     readme = (PROJECT / "README.md").read_text()
@@ -231,6 +230,7 @@ def test_docker_base_image_matches_the_torch_wheels_cuda():
                      re.MULTILINE)
     assert base, "the image should start from an nvidia/cuda base flavour"
     assert int(base.group(1)) == TORCH_WHEEL_CUDA_MAJOR[pin.group(1)]
+
 
 def test_development_server_runs_on_port(sandbox, random_weights):
     port = free_port()
