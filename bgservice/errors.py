@@ -36,3 +36,23 @@ class Unavailable(ServiceError):
 
     def __init__(self, message: str, retry_after: int = 5):
         super().__init__(message, retry_after=retry_after)
+
+
+class Unauthorized(ServiceError):
+    status = 401
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class Conflict(ServiceError):
+    status = 409
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+
+
+class InsufficientStorage(ServiceError):
+    status = 507

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,13 +37,6 @@ class DecodedImage:
     def size(self) -> tuple[int, int]:
         """(width, height)"""
         return self.rgb.shape[1], self.rgb.shape[0]
-
-
-def read_source(path: Path, max_bytes: int) -> bytes:
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise TooLarge(f"source file is {size} bytes; the limit is {max_bytes}")
-    return path.read_bytes()
 
 
 def _to_8bit(values: np.ndarray) -> np.ndarray:

@@ -11,9 +11,9 @@ from u2net.batching import QueueFull
 from u2net.runtime import ModelRuntime
 
 from .errors import Unavailable
-from .imageio import DecodedImage, decode_image, read_source
+from .imageio import DecodedImage, decode_image
 from .options import OutputOptions, Rendered, compose_output, encode_output
-from .paths import SharedRoot, atomic_write
+from .paths import SharedRoot
 
 
 class Stopwatch:
@@ -92,16 +92,17 @@ class BackgroundRemover:
     def remove_paths(self, root: SharedRoot, source: str, output: str, mode: str,
                      threshold: int | None, subject_filter: bool = False) -> dict:
         """The website's call: cut out `source` into `output` (both relative to `root`)."""
-        src = root.source(source)
-        dst = root.output(output)
+        src_path = root.parse(source, "sourceImagePath")
+        dst_path = root.parse(output, "outputImagePath")
         self.check_ready()  # before reading: a cold service answers 503 without touching the file
         watch = Stopwatch()
         with watch.stage("read"):
-            data = read_source(src, self.max_source_bytes)
+            src = root.read_source(src_path, self.max_source_bytes)
+        root.check_output(dst_path, src.identity)  # before the work; nothing is created yet
         options = OutputOptions(mode=mode, threshold=threshold, subject_filter=subject_filter)
-        rendered = self.process(data, options, watch=watch)
+        rendered = self.process(src.data, options, watch=watch)
         with watch.stage("write"):
-            atomic_write(dst, rendered.data)
+            root.write_output(dst_path, rendered.data, src.identity)
         return {
             "outputImagePath": output,
             "width": rendered.width,

@@ -112,6 +112,7 @@ def test_full_queue_refuses_at_once():
     batcher.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_gpu_path_batches_concurrent_requests_and_each_gets_its_own_mask(random_weights,
                                                                             precision):

@@ -18,6 +18,7 @@ def inputs() -> np.ndarray:
     return np.stack([to_model_input(photo(200, 150, seed=s), SPEC) for s in range(2)])
 
 
+@pytest.mark.slow
 def test_onnxruntime_equals_pytorch_on_the_real_weights(tmp_path):
     net = build_model(SPEC, shared_path("models", "u2netp", "u2netp.pth"))
     ort_masks = engine.OnnxPredictor(engine.export_onnx(net, 320))(inputs())

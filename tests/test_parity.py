@@ -19,6 +19,7 @@ def parity_cases():
     return sorted(images.iterdir())
 
 
+@pytest.mark.slow
 def test_every_parity_image_matches_the_official_mask(real_u2netp):
     cases = parity_cases()
     assert len(cases) >= 10
@@ -48,6 +49,7 @@ def real_u2netp_bf16():
     rt.close()
 
 
+@pytest.mark.slow
 def test_reduced_precision_stays_within_parity_and_close_to_fp32(real_u2netp, real_u2netp_bf16):
     """bf16 (sensitive layers in fp32): the same parity bounds, and IoU >= 0.99 against fp32."""
     assert real_u2netp_bf16.info()["precision"] == "bf16"
@@ -97,6 +99,7 @@ def _round_to_tf32(t):
     return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
 
 
+@pytest.mark.slow
 def test_tf32_convolutions_stay_within_parity(monkeypatch):
     """The `tf32` precision's numerics, emulated on CPU: every convolution's inputs and weights
     rounded to TF32, as cuDNN does on a GPU. Masks stay within IoU 0.99 of exact fp32 (the

@@ -120,6 +120,7 @@ def small_config(tmp_path, images, masks, **changes) -> TrainConfig:
                           **changes})
 
 
+@pytest.mark.slow
 def test_training_learns_and_writes_weights_the_service_loads(tmp_path):
     images, masks = write_pairs(tmp_path / "train", 8)
     val_images, val_masks = write_pairs(tmp_path / "val", 4, seed=100)
@@ -145,6 +146,7 @@ def test_training_learns_and_writes_weights_the_service_loads(tmp_path):
     assert inside > outside + 0.2, (inside, outside)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_step(tmp_path):
     images, masks = write_pairs(tmp_path / "train", 4)
     first = train(small_config(tmp_path, images, masks, steps=6, save_every=3, log_every=3))
@@ -164,6 +166,7 @@ def test_fine_tuning_starts_from_given_weights_in_bf16(tmp_path, random_weights)
     assert all(np.isfinite(h["loss"]) for h in summary["history"])
 
 
+@pytest.mark.slow
 def test_cli_trains_and_reports_bad_data(tmp_path):
     images, masks = write_pairs(tmp_path / "train", 3, size=40)
     out = tmp_path / "cli.pth"

@@ -35,6 +35,7 @@ def test_resize_equals_skimage_below_a_3x_downscale(size):
     assert np.abs(ours - ref).max() < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(1080, 1920), (3000, 4000)])
 def test_resize_is_close_to_skimage_on_large_photos(size):
     src = np.asarray(Image.open(shared_path("data", "photos", "Two_dancers.jpg")).convert("RGB"))

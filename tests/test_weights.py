@@ -104,6 +104,7 @@ def test_falls_back_to_the_next_source(server, tmp_path):
     assert dest.exists()
 
 
+@pytest.mark.slow
 def test_cli_download_shows_progress_and_lands_where_the_service_looks(server, tmp_path):
     base, sha = server
     env = {"PATH": "/usr/bin:/bin", "U2NET_MODELS_DIR": str(tmp_path), "U2NET_MODEL": "u2netp"}

@@ -1,0 +1,169 @@
+"""The audit's attacks, run for real: racing symlinks against requests, same-file outputs.
+
+A swapper thread keeps replacing a folder (or the source) inside the shared root with a symlink
+to a folder outside it, for a fixed number of rounds, while requests run; the outside folder must
+stay byte-identical and no request may read the outside file.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import photo, save_image, snapshot
+
+from bgservice.errors import ServiceError
+from bgservice.paths import SharedRoot
+
+
+def files_under(folder: Path) -> dict:
+    """Every file under `folder` with its bytes (snapshot() compares sizes and times only)."""
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class Swapper(threading.Thread):
+    """Flips `path` between the real thing and a symlink to `target`, as fast as it can, until
+    stopped; counts the flips."""
+
+    def __init__(self, path: Path, target: Path, hold_s: float = 0.0):
+        super().__init__(daemon=True)
+        self.path, self.target, self.hold_s, self.flips = path, target, hold_s, 0
+        self.stop = threading.Event()
+        self.real = path.with_name(path.name + ".real")
+
+    def run(self):
+        link = self.path.with_name(self.path.name + ".link")
+        while not self.stop.is_set():
+            try:
+                os.rename(self.path, self.real)  # the real folder or file steps aside
+                os.symlink(self.target, link)
+                os.rename(link, self.path)  # ... and a link to the outside takes its place
+                time.sleep(self.hold_s)
+                os.unlink(self.path)
+                os.rename(self.real, self.path)
+                self.flips += 1
+                time.sleep(self.hold_s)
+            except OSError:  # the service made the folder again meanwhile: put things back
+                self._restore(link)
+        self._restore(link)
+
+    def _restore(self, link: Path) -> None:
+        """Put the real thing back, removing whatever the service created at its place."""
+        if link.is_symlink():
+            link.unlink()
+        while self.real.exists():
+            try:
+                if self.path.is_symlink():
+                    self.path.unlink()
+                elif self.path.is_dir():
+                    shutil.rmtree(self.path, ignore_errors=True)
+                os.rename(self.real, self.path)
+            except OSError:
+                continue
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.join(5)
+
+
+ROUNDS = 2000
+
+
+def test_a_folder_swapped_for_a_symlink_never_lets_a_write_out(sandbox):
+    """SharedRoot level, many rounds: every write lands inside or is refused."""
+    root = SharedRoot(sandbox["root"])
+    folder = sandbox["root"] / "race"
+    folder.mkdir()
+    before = files_under(sandbox["outside"])
+    outcomes = {"written": 0, "refused": 0}
+    with Swapper(folder, sandbox["outside"]) as swapper:
+        for i in range(ROUNDS):
+            try:
+                root.write_output(root.parse(f"/race/out-{i % 7}.png", "outputImagePath"), b"cut")
+                outcomes["written"] += 1
+            except ServiceError as exc:
+                assert exc.status in (400, 409), exc.message
+                outcomes["refused"] += 1
+    assert swapper.flips > 20, swapper.flips
+    assert outcomes["written"] > 0 and outcomes["refused"] > 0, outcomes
+    assert files_under(sandbox["outside"]) == before
+
+
+def test_a_source_swapped_for_a_symlink_is_never_read_outside(sandbox):
+    root = SharedRoot(sandbox["root"])
+    source = sandbox["root"] / "Clones" / "in.png"
+    source.write_bytes(b"inside")
+    (sandbox["outside"] / "secret.png").write_bytes(b"OUTSIDE")
+    seen = set()
+    with Swapper(source, sandbox["outside"] / "secret.png") as swapper:
+        for _ in range(ROUNDS):
+            try:
+                seen.add(root.read_source(root.parse("/Clones/in.png", "s"), 1 << 20).data)
+            except ServiceError as exc:
+                assert exc.status in (400, 404), exc.message
+                seen.add(exc.status)
+    assert swapper.flips > 20, swapper.flips
+    assert b"inside" in seen and b"OUTSIDE" not in seen, seen
+
+
+@pytest.mark.slow
+def test_requests_racing_a_symlink_swap_write_nothing_outside(client, sandbox):
+    """The whole service: requests run (with inference between the checks and the write, which is
+    what the audit exploited) while the output folder and the source keep turning into symlinks
+    to the outside folder, which holds a readable photo of its own."""
+    save_image(sandbox["root"] / "Clones" / "4" / "in.png", photo(64, 48))
+    save_image(sandbox["outside"] / "outside.png", photo(80, 60, seed=9))
+    (sandbox["root"] / "out").mkdir()
+    os.symlink("outside.png", sandbox["outside"] / "in.png")  # the source's name, outside
+    before = files_under(sandbox["outside"])
+    statuses = []
+    with Swapper(sandbox["root"] / "out", sandbox["outside"], hold_s=0.002), \
+            Swapper(sandbox["root"] / "Clones" / "4" / "in.png", sandbox["outside"] / "outside.png",
+                    hold_s=0.005):
+        for i in range(40):
+            r = client.post("/remove-background", json={
+                "sourceImagePath": "/Clones/4/in.png", "outputImagePath": f"/out/{i}.png",
+                "threshold": 200})
+            statuses.append(r.status_code)
+            assert r.status_code in (200, 400, 404, 409), r.get_json()
+            if r.status_code == 200:  # the inside photo, never the outside one (80x60)
+                assert (r.get_json()["width"], r.get_json()["height"]) == (64, 48)
+    assert files_under(sandbox["outside"]) == before
+    assert statuses.count(200) > 0, statuses
+
+
+def test_an_output_equal_to_the_source_is_400_and_the_photo_survives(client, sandbox):
+    path = save_image(sandbox["root"] / "Clones" / "4" / "in.png", photo())
+    before = path.read_bytes()
+    for output in ("/Clones/4/in.png", "Clones//4/./in.png"):
+        r = client.post("/remove-background", json={"sourceImagePath": "/Clones/4/in.png",
+                                                    "outputImagePath": output, "threshold": 200})
+        assert r.status_code == 400 and "is the source image" in r.get_json()["error"]
+    assert path.read_bytes() == before
+
+
+def test_a_failed_request_creates_no_folders(client, sandbox):
+    (sandbox["root"] / "Clones" / "4" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    before = snapshot(sandbox["root"])
+    r = client.post("/remove-background", json={"sourceImagePath": "/Clones/4/broken.png",
+                                                "outputImagePath": "/New/deep/out.png"})
+    assert r.status_code == 422
+    assert snapshot(sandbox["root"]) == before
+
+
+def test_symlinks_in_request_paths_are_400_with_a_plain_message(client, sandbox):
+    save_image(sandbox["outside"] / "photo.png", np.zeros((8, 8, 3), np.uint8))
+    (sandbox["root"] / "link").symlink_to(sandbox["outside"], target_is_directory=True)
+    r = client.post("/remove-background", json={"sourceImagePath": "/link/photo.png",
+                                                "outputImagePath": "/out.png"})
+    assert r.status_code == 400
+    message = r.get_json()["error"]
+    assert "symbolic link" in message and str(sandbox["outside"]) not in message
