@@ -10,6 +10,8 @@ validate the request, call the core (bgservice), return JSON. Every error become
 """
 from __future__ import annotations
 
+import hmac
+import json
 import logging
 import sys
 import time
@@ -24,7 +26,7 @@ from u2net.runtime import ModelRuntime
 from u2net.weights import WeightsError
 from werkzeug.exceptions import HTTPException
 
-from bgservice.errors import BadRequest, ServiceError
+from bgservice.errors import BadRequest, ServiceError, Unauthorized, UnsupportedMediaType
 from bgservice.openapi import openapi_spec
 from bgservice.options import parse_options, resolve_mode
 from bgservice.paths import SharedRoot
@@ -37,6 +39,7 @@ REMOVE_FIELDS = ("sourceImagePath", "outputImagePath", "threshold", "mode", "sub
 MAX_JSON_BYTES = 64 * 1024
 MAX_BATCH_JOBS = 32
 WEB_DIR = Path(__file__).resolve().parent / "bgservice" / "web"
+WEB_FILES = ("page.js", "page.css")
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,25 @@ def _state() -> ServiceState:
 
 # -- request validation -------------------------------------------------------------------------
 
+def _whole_body() -> bytes:
+    """The request body (kept for the form parser); 413 when over the route's limit, chunked or
+    not. Werkzeug stops reading a chunked body at the limit without saying so; a read past it
+    raises its 413, so an oversized body is refused instead of being processed cut short."""
+    data = request.get_data(cache=True, parse_form_data=False)
+    if request.content_length is None:
+        request.stream.read(1)
+    return data
+
+
 def _json_object() -> dict:
-    body = request.get_json(force=True, silent=True)
+    # Only application/json: a browser may post text/plain or a form to any origin without a
+    # preflight, so any web page a visitor opens could otherwise write into the shared root.
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
+    try:
+        body = json.loads(_whole_body())
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
+        body = None
     if not isinstance(body, dict):
         raise BadRequest('the request body must be a JSON object like {"sourceImagePath": '
                          '"/in.png", "outputImagePath": "/out.png", "threshold": 200}')
@@ -199,16 +219,22 @@ def _register_routes(app: Flask) -> None:
 
     @app.get("/openapi.json")
     def openapi():
-        return jsonify(openapi_spec(_state().settings, MAX_BATCH_JOBS, MAX_JSON_BYTES))
+        return jsonify(openapi_spec(_state().settings, MAX_BATCH_JOBS, MAX_JSON_BYTES, PUBLIC_PATHS))
 
     @app.get("/")
     def web_page():
         """A page for trying it by hand (no external resources: works offline)."""
         return send_from_directory(WEB_DIR, "index.html")
 
+    for name in WEB_FILES:  # the page's script and style (a strict CSP allows no inline code)
+        app.add_url_rule(f"/web/{name}", f"web_{name}",
+                         lambda name=name: send_from_directory(WEB_DIR, name), methods=["GET"])
+
 
 def _upload() -> tuple[bytes, dict]:
     """(image bytes, option strings) from a multipart form or a raw body plus query string."""
+    if request.content_length is None:  # chunked: read it now, so that its size is checked
+        _whole_body()
     values = dict(request.args)
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("file")
@@ -276,12 +302,43 @@ def _register_error_handlers(app: Flask) -> None:
         return _error("internal error; the service log has the details", 500)
 
 
+# What a browser may do with a response. The page loads only its own script, style and the
+# images it makes (blob:); nothing may frame it. API responses may do nothing at all.
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+               "connect-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+# Open without the token: the probes, and the page's own files (the page then asks for it).
+PUBLIC_PATHS = ("/health", "/ready", "/", *(f"/web/{name}" for name in WEB_FILES))
+
+
+def _check_token(expected: str) -> None:
+    sent = request.headers.get("Authorization", "")
+    scheme, _, token = sent.partition(" ")
+    # compare_digest: the time taken does not tell how much of a guess was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise Unauthorized("this service needs 'Authorization: Bearer <token>' (U2NET_API_TOKEN)")
+
+
 def _register_request_log(app: Flask) -> None:
     @app.before_request
     def start_timer():
         g.started = time.perf_counter()
         if request.path != "/api/remove":  # only uploads may be large
             request.max_content_length = MAX_JSON_BYTES
+        token = _state().settings.api_token
+        if token and request.path not in PUBLIC_PATHS:
+            _check_token(token)
+
+    @app.after_request
+    def security_headers(response):
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = (
+            PAGE_POLICY if response.mimetype == "text/html" else API_POLICY)
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if response.status_code == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="u2net"'
+        return response
 
     @app.after_request
     def log_request(response):
@@ -300,7 +357,7 @@ def main() -> int:
     except (SettingsError, WeightsError, UnknownModel, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app.run(host="0.0.0.0", port=settings.port, threaded=True)
+    app.run(host=settings.host, port=settings.port, threaded=True)
     return 0
 
 

@@ -35,6 +35,7 @@ ARG U2NET_WEIGHTS_SHA256=
 ENV U2NET_MODEL=${U2NET_MODEL} \
     U2NET_MODELS_DIR=/app/saved_models \
     OpenClone_OpenCloneFS=/OpenCloneFS \
+    HOST=0.0.0.0 \
     PORT=5002
 
 # Download, verify (checksum when known or pinned, and a strict load), or fail the build.

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent
@@ -48,6 +48,16 @@ def _path(env: Mapping[str, str], name: str) -> Path | None:
     return Path(raw).expanduser() if raw else None
 
 
+def _token(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if len(raw) < 16 or not raw.isascii() or not raw.isprintable():
+        raise SettingsError(f"{name} must be at least 16 printable ASCII characters "
+                            "(e.g. from `openssl rand -hex 32`)")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     # Shared filesystem root that request paths are relative to (OpenClone_OpenCloneFS).
@@ -82,7 +92,13 @@ class Settings:
     # refine, by measurement (README, "Cut-out quality"). A sent threshold always means the
     # OpenClone threshold rule.
     default_mode: str = "refine"
+    # `python API.py` listens on HOST:PORT; loopback unless told otherwise (the containers set
+    # HOST=0.0.0.0 explicitly). gunicorn_conf.py binds the same.
+    host: str = "127.0.0.1"
     port: int = 5002
+    # An optional shared secret (U2NET_API_TOKEN): when set, every route but /health, /ready and
+    # the web page's own files needs `Authorization: Bearer <token>`.
+    api_token: str | None = field(default=None, repr=False)  # never in logs
     log_level: str = "INFO"
     warmup_runs: int = 2
 
@@ -113,7 +129,9 @@ class Settings:
             max_upload_bytes=_number(env, "MAX_UPLOAD_MB", cls.max_upload_bytes >> 20, 1, 10_000) << 20,
             default_mode=_choice(env, "U2NET_DEFAULT_MODE", cls.default_mode,
                                  ("threshold", "soft", "refine")),
+            host=env.get("HOST", "").strip() or cls.host,
             port=_number(env, "PORT", cls.port, 1, 65535),
+            api_token=_token(env, "U2NET_API_TOKEN"),
             log_level=level,
             warmup_runs=_number(env, "U2NET_WARMUP_RUNS", cls.warmup_runs, 0, 100),
         )

@@ -5,7 +5,9 @@ Nothing here imports torch: the master process must never touch CUDA. Each worke
 """
 import os
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '5002')}"
+# Loopback unless HOST says otherwise, as `python API.py`: the containers set HOST=0.0.0.0, and
+# deploy/run-local.sh keeps gunicorn on loopback behind nginx.
+bind = f"{os.environ.get('HOST', '').strip() or '127.0.0.1'}:{os.environ.get('PORT', '5002')}"
 wsgi_app = "API:create_app()"
 preload_app = False  # load the model in each worker, after fork (CUDA-safe)
 

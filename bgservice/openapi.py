@@ -14,9 +14,13 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 
 def _errors(*codes: int) -> dict:
     text = {400: "Malformed body, a bad field, or a path that leaves the shared root",
-            404: "The source image does not exist", 413: "Body, file or image too large",
+            401: "U2NET_API_TOKEN is set and the request lacks 'Authorization: Bearer <token>'",
+            403: "The shared filesystem refused the operation (permissions, read-only)",
+            404: "The source image does not exist", 409: "The folders changed while it ran; retry",
+            413: "Body, file or image too large", 415: "The body must be application/json",
             422: "Not a decodable image", 500: "Unexpected error (the log has the details)",
-            503: "Model still warming up, or too busy; see Retry-After"}
+            503: "Model still warming up, or too busy; see Retry-After",
+            507: "The shared filesystem is full"}
     return {str(c): {"description": text[c],
                      "content": {"application/json": {"schema": _ERROR}}} for c in codes}
 
@@ -46,7 +50,19 @@ def _option_params() -> list[dict]:
     ]
 
 
-def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
+def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int,
+                 public_paths: tuple[str, ...] = ()) -> dict:
+    """The description; with U2NET_API_TOKEN set, every operation but `public_paths` needs it."""
+    spec = _spec(settings, max_batch_jobs, max_json_bytes)
+    if settings.api_token:
+        spec["security"] = [{"bearer": []}]
+        for path in public_paths:
+            for operation in spec["paths"][path].values():
+                operation["security"] = []
+    return spec
+
+
+def _spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
     remove_request = {
         "type": "object",
         "required": ["sourceImagePath", "outputImagePath"],
@@ -84,7 +100,7 @@ def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
                     "application/json": {"schema": {"$ref": "#/components/schemas/RemoveRequest"}}}},
                 "responses": {"200": {"description": "Written", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/RemoveResult"}}}},
-                    **_errors(400, 404, 413, 422, 500, 503)},
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 500, 503, 507)},
             }},
             "/remove-background/batch": {"post": {
                 "summary": f"Up to {max_batch_jobs} website calls at once; each succeeds or fails alone",
@@ -104,7 +120,7 @@ def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
                                     "index": {"type": "integer"}, "status": {"type": "integer"},
                                     "result": {"$ref": "#/components/schemas/RemoveResult"},
                                     "error": {"type": "string"}}}}}}}}},
-                    **_errors(400, 413, 500)},
+                    **_errors(400, 401, 413, 415, 500)},
             }},
             "/api/remove": {"post": {
                 "summary": "Upload an image; get the cut-out back",
@@ -118,7 +134,7 @@ def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
                 "responses": {"200": {"description": "The image (headers: X-Image-Size, "
                                                      "X-Bounding-Box, X-Mode, X-Model, Server-Timing)",
                                       "content": image_types},
-                              **_errors(400, 413, 422, 500, 503)},
+                              **_errors(400, 401, 413, 422, 500, 503)},
             }},
             "/health": {"get": {"summary": "The process is alive (liveness)", "responses": {
                 "200": {"description": "Alive, serving or still warming up", "content": {
@@ -143,8 +159,13 @@ def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
             "/": {"get": {"summary": "A web page for trying it by hand", "responses": {
                 "200": {"description": "HTML", "content": {"text/html": {
                     "schema": {"type": "string"}}}}}}},
+            **{f"/web/{name}": {"get": {"summary": "The web page's own script or style",
+                                        "responses": {"200": {"description": "The file", "content": {
+                                            kind: {"schema": {"type": "string"}}}}}}}
+               for name, kind in (("page.js", "text/javascript"), ("page.css", "text/css"))},
         },
-        "components": {"schemas": {
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "schemas": {
             "Error": {"type": "object", "required": ["error"],
                       "properties": {"error": {"type": "string"}}},
             "RemoveRequest": remove_request,

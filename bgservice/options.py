@@ -23,6 +23,7 @@ OPTION_NAMES = ("mode", "threshold", "only_mask", "bg_color", "crop", "padding",
                 "subject_filter")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 _HEX = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+_RGB = re.compile(r"^([0-9]{1,3}) *, *([0-9]{1,3}) *, *([0-9]{1,3})$")
 MAX_PADDING = 10_000
 
 
@@ -82,9 +83,9 @@ def parse_color(raw: str) -> tuple[int, int, int]:
         if len(digits) == 3:
             digits = "".join(c * 2 for c in digits)
         return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
-    parts = text.split(",")
-    if len(parts) == 3 and all(p.strip().isdigit() and int(p) <= 255 for p in parts):
-        return tuple(int(p) for p in parts)  # type: ignore[return-value]
+    match = _RGB.match(text)  # ASCII digits only: str.isdigit() accepts '²', which int() refuses
+    if match and all(int(p) <= 255 for p in match.groups()):
+        return tuple(int(p) for p in match.groups())  # type: ignore[return-value]
     raise BadRequest(f"'bg_color' must be #rrggbb or r,g,b (0-255), got {raw!r}"[:200])
 
 

@@ -250,7 +250,7 @@ class SharedRoot:
                 try:
                     atomic_write_at(folder, path.name, data,
                                     before_replace=lambda: self._check_target(folder, path, source))
-                except OSError as exc:
+                except OSError:
                     if os.fstat(folder).st_nlink == 0:  # the folder was removed under us
                         raise OSError(errno.ENOENT, "folder removed") from None
                     raise

@@ -29,16 +29,39 @@ def need_browser():
         pytest.skip(message)
 
 
-@pytest.fixture
-def live_server(tmp_path, random_weights, runtime):
+def serve(tmp_path, random_weights, runtime, **changes):
     root = tmp_path / "OpenCloneFS"
     root.mkdir()
-    app = API.create_app(make_settings(root, random_weights), runtime=runtime)
+    app = API.create_app(make_settings(root, random_weights, **changes), runtime=runtime)
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def live_server(tmp_path, random_weights, runtime):
+    server = serve(tmp_path, random_weights, runtime)
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+TOKEN = "page-token-0123456789abcdef"
+
+
+@pytest.fixture
+def guarded_server(tmp_path, random_weights, runtime):
+    server = serve(tmp_path, random_weights, runtime, api_token=TOKEN)
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def wait_for_outcome(browser) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+    return browser.find_element(By.TAG_NAME, "body").get_attribute("data-state")
 
 
 @pytest.fixture
@@ -112,3 +135,28 @@ def test_errors_are_shown_on_the_page(browser, live_server, tmp_path):
         lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "error")
     assert "not a decodable image" in browser.find_element(By.ID, "status").text
     assert PROJECT.exists()
+
+
+def test_with_a_token_the_page_asks_for_it_and_then_works(browser, guarded_server, tmp_path):
+    """U2NET_API_TOKEN set: the page loads (its files are public), finds out that the API needs
+    the token, shows the field, and sends the token once it is typed in. The strict CSP holds:
+    the page works with no inline code and reports no policy violation."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    picture = save_image(tmp_path / "portrait.png", photo(120, 90))
+    browser.get(guarded_server + "/")
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-token") == "needed")
+    field = browser.find_element(By.ID, "token")
+    assert field.is_displayed()
+    browser.find_element(By.ID, "file").send_keys(str(picture))
+    browser.find_element(By.ID, "go").click()
+    assert wait_for_outcome(browser) == "error"
+    assert "Bearer" in browser.find_element(By.ID, "status").text
+    field.send_keys(TOKEN)
+    browser.find_element(By.ID, "go").click()
+    assert wait_for_outcome(browser) == "done", browser.find_element(By.ID, "status").text
+    assert "120x90" in browser.find_element(By.ID, "status").text
+    errors = [e for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert not errors, errors

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import snapshot
 from u2net.atomic import STALE_AFTER_S, TEMP_PREFIX, remove_stale_temporaries
 
