@@ -26,7 +26,12 @@ from u2net.runtime import ModelRuntime
 from u2net.weights import WeightsError
 from werkzeug.exceptions import HTTPException
 
-from bgservice.errors import BadRequest, ServiceError, Unauthorized, UnsupportedMediaType
+from bgservice.errors import (
+    BadRequest,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from bgservice.openapi import openapi_spec
 from bgservice.options import parse_options, resolve_mode
 from bgservice.paths import SharedRoot
@@ -77,9 +82,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
         except (WeightsError, UnknownModel) as exc:
             log.error("refusing to start: %s", exc)
             raise
-    remover = BackgroundRemover(runtime, max_image_pixels=settings.max_image_pixels,
-                                max_source_bytes=settings.max_source_bytes,
-                                request_timeout_s=settings.request_timeout_s)
+    remover = BackgroundRemover.from_settings(runtime, settings)
     if own_runtime:
         runtime.start(background=warm_up_in_background, then=remover.warm_up)
 
@@ -177,7 +180,8 @@ def _register_routes(app: Flask) -> None:
 
     @app.get("/model-info")
     def model_info():
-        return jsonify(_state().runtime.info())
+        state = _state()
+        return jsonify({**state.runtime.info(), "limits": state.remover.limits_info()})
 
     @app.post("/remove-background")
     def remove_background():

@@ -86,6 +86,12 @@ class Settings:
     # 50 MP covers 8K and phone photos) and source file size (MAX_SOURCE_MB).
     max_image_pixels: int = 50_000_000
     max_source_bytes: int = 100 * 1024 * 1024
+    # Memory for the images in flight in one worker (U2NET_MEMORY_BUDGET_MB): each reserves its
+    # measured peak (bytes per pixel of its mode) before decoding; one that does not fit waits up
+    # to U2NET_MEMORY_WAIT_S, then 503; one bigger than the budget, 413. 1 GiB: one worker with
+    # U2NET (about 1.2 GB with ONNX Runtime) stays near 2 GB.
+    memory_budget_bytes: int = 1024 * 1024 * 1024
+    memory_wait_s: float = 10.0
     # Largest upload to /api/remove (MAX_UPLOAD_MB); beyond it, 413.
     max_upload_bytes: int = 50 * 1024 * 1024
     # The output mode for callers that send neither `mode` nor `threshold` (U2NET_DEFAULT_MODE):
@@ -126,6 +132,9 @@ class Settings:
                                       float),
             max_image_pixels=_number(env, "MAX_IMAGE_PIXELS", cls.max_image_pixels, 1, 1_000_000_000),
             max_source_bytes=_number(env, "MAX_SOURCE_MB", cls.max_source_bytes >> 20, 1, 10_000) << 20,
+            memory_budget_bytes=_number(env, "U2NET_MEMORY_BUDGET_MB", cls.memory_budget_bytes >> 20,
+                                        16, 1_000_000) << 20,
+            memory_wait_s=_number(env, "U2NET_MEMORY_WAIT_S", cls.memory_wait_s, 0, 3600, float),
             max_upload_bytes=_number(env, "MAX_UPLOAD_MB", cls.max_upload_bytes >> 20, 1, 10_000) << 20,
             default_mode=_choice(env, "U2NET_DEFAULT_MODE", cls.default_mode,
                                  ("threshold", "soft", "refine")),

@@ -142,9 +142,7 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     todo = [(s, d) for s, d in plan if d == "-" or args.overwrite or not Path(d).exists()]
     skipped = len(plan) - len(todo)
     runtime = _load_runtime(settings, args.model, args.weights)
-    remover = BackgroundRemover(runtime, max_image_pixels=settings.max_image_pixels,
-                                max_source_bytes=settings.max_source_bytes,
-                                request_timeout_s=settings.request_timeout_s)
+    remover = BackgroundRemover.from_settings(runtime, settings)
     failed = 0
     bar = tqdm(todo, unit="image", file=sys.stderr, disable=args.quiet or len(todo) < 2)
     for src, dst in bar:

@@ -75,8 +75,9 @@ def _split_modes(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(im), None
 
 
-def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
-    """Bytes from an untrusted source -> DecodedImage. Raises NotAnImage or TooLarge."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Read only the header of untrusted bytes: the format is allowed and the pixel count within
+    `max_pixels` (nothing decoded yet). Raises NotAnImage or TooLarge."""
     try:
         im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
@@ -90,6 +91,11 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
                        f"the limit is {max_pixels}")
     if width == 0 or height == 0:
         raise NotAnImage("the source image is empty (0 pixels)")
+    return im
+
+
+def decode_opened(im: Image.Image) -> DecodedImage:
+    """An image from `open_image` -> DecodedImage (first frame, upright). Raises NotAnImage."""
     fmt = im.format or "unknown"
     mode = im.mode
     try:
@@ -100,6 +106,11 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise NotAnImage(f"the source image data is corrupt or truncated ({exc})") from None
     return DecodedImage(rgb=np.ascontiguousarray(rgb), alpha=alpha, format=fmt, mode=mode)
+
+
+def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+    """Bytes from an untrusted source -> DecodedImage. Raises NotAnImage or TooLarge."""
+    return decode_opened(open_image(data, max_pixels))
 
 
 def encode_webp(pixels: np.ndarray) -> bytes:

@@ -26,7 +26,14 @@ from pathlib import Path
 
 from u2net.atomic import TEMP_PREFIX, atomic_write, atomic_write_at
 
-from .errors import BadRequest, Conflict, Forbidden, InsufficientStorage, NotFound, TooLarge
+from .errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InsufficientStorage,
+    NotFound,
+    TooLarge,
+)
 
 __all__ = ["RequestPath", "SharedRoot", "SourceFile", "atomic_write"]
 

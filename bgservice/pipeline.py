@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 
@@ -11,13 +12,15 @@ from u2net.batching import QueueFull
 from u2net.runtime import ModelRuntime
 
 from .errors import Unavailable
-from .imageio import DecodedImage, decode_image
+from .imageio import DecodedImage, decode_image, decode_opened, open_image
+from .limits import Admission, MemoryBudget, Ticket
 from .options import OutputOptions, Rendered, compose_output, encode_output
 from .paths import SharedRoot
 
 
 class Stopwatch:
-    """Milliseconds per named stage, for the response and the logs."""
+    """Milliseconds per named stage, for the response and the logs (a stage entered twice adds
+    up: the header read and the pixel decode are both "decode")."""
 
     def __init__(self):
         self.ms: dict[str, float] = {}
@@ -28,16 +31,53 @@ class Stopwatch:
         try:
             yield
         finally:
-            self.ms[name] = round((time.perf_counter() - started) * 1000, 1)
+            elapsed = (time.perf_counter() - started) * 1000
+            self.ms[name] = round(self.ms.get(name, 0.0) + elapsed, 1)
+
+
+# Peak resident bytes per pixel of one request above what the worker held before it, by output
+# mode, measured with bench/memory.py (whole request: decode, mask, compose, encode; 12 and 24 MP
+# photos: 17.1, 19.6, 33.1; README "Memory"), rounded up. A colour background adds its blend's
+# float arrays (threshold+bg measured 45.1).
+BYTES_PER_PIXEL = {"threshold": 18, "soft": 20, "refine": 34}
+BG_COLOR_BYTES_PER_PIXEL = 28
+
+
+def memory_needed(pixels: int, options: OutputOptions, source_bytes: int) -> int:
+    """The bytes one request reserves from the worker's memory budget."""
+    per_pixel = BYTES_PER_PIXEL[options.mode]
+    if options.bg_color is not None and not options.only_mask:
+        per_pixel += BG_COLOR_BYTES_PER_PIXEL
+    return pixels * per_pixel + source_bytes
 
 
 class BackgroundRemover:
     def __init__(self, runtime: ModelRuntime, *, max_image_pixels: int, max_source_bytes: int,
-                 request_timeout_s: float):
+                 request_timeout_s: float, memory_budget_bytes: int = 1 << 30,
+                 memory_wait_s: float = 10.0):
         self.runtime = runtime
         self.max_image_pixels = max_image_pixels
         self.max_source_bytes = max_source_bytes
         self.request_timeout_s = request_timeout_s
+        # The network's queue plus one batch: admitted requests can never overflow the queue.
+        self.admission = Admission(runtime.options.max_queue + runtime.max_batch)
+        self.memory = MemoryBudget(memory_budget_bytes, memory_wait_s)
+
+    @classmethod
+    def from_settings(cls, runtime: ModelRuntime, settings) -> BackgroundRemover:
+        """The remover for `settings` (GlobalVariables.Settings): the service's and the CLI's."""
+        return cls(runtime, max_image_pixels=settings.max_image_pixels,
+                   max_source_bytes=settings.max_source_bytes,
+                   request_timeout_s=settings.request_timeout_s,
+                   memory_budget_bytes=settings.memory_budget_bytes,
+                   memory_wait_s=settings.memory_wait_s)
+
+    def limits_info(self) -> dict:
+        """What this worker takes on at once, and how much of it is taken now (/model-info)."""
+        return {"admitted": self.admission.admitted, "max_admitted": self.admission.limit,
+                "memory_budget_mb": self.memory.total >> 20,
+                "memory_reserved_mb": round(self.memory.used / (1 << 20), 1),
+                "memory_peak_reserved_mb": round(self.memory.peak / (1 << 20), 1)}
 
     def check_ready(self) -> None:
         if self.runtime.error:
@@ -77,17 +117,33 @@ class BackgroundRemover:
         """Image bytes -> the rendered output for `options` (the one pipeline for every caller).
         `want_bbox`: also find the subject's bounding box (the upload endpoint reports it)."""
         self.check_ready()
-        watch = watch or Stopwatch()
+        with self.admission.ticket() as ticket:
+            return self._render(data, options, ticket, want_bbox, watch or Stopwatch())
+
+    def _render(self, data: bytes, options: OutputOptions, ticket: Ticket, want_bbox: bool,
+                watch: Stopwatch, deliver: Callable[[Rendered], None] | None = None) -> Rendered:
+        """Decode, mask, compose, encode (and `deliver`) within a memory reservation sized from
+        the header, before any pixel is decoded; `ticket` is released once the mask is back."""
         with watch.stage("decode"):
-            image = decode_image(data, self.max_image_pixels)
-        mask = self.mask(image, watch.ms)  # resize, forward, upsample
-        with watch.stage("compose"):
-            pixels, bbox = compose_output(image, mask, options, want_bbox)
-        with watch.stage("encode"):
-            encoded = encode_output(pixels, options.format)
-        width, height = image.size
-        return Rendered(encoded, options.content_type, pixels.shape[1], pixels.shape[0],
-                        width, height, bbox, watch.ms)
+            opened = open_image(data, self.max_image_pixels)
+        width, height = opened.size
+        with self.memory.reserve(memory_needed(width * height, options, len(data))):
+            with watch.stage("decode"):
+                image = decode_opened(opened)
+                del opened  # Pillow's copy of the pixels goes now, not at the end of the request
+            mask = self.mask(image, watch.ms)  # resize, forward, upsample
+            ticket.release()
+            with watch.stage("compose"):
+                pixels, bbox = compose_output(image, mask, options, want_bbox)
+            del mask
+            with watch.stage("encode"):
+                encoded = encode_output(pixels, options.format)
+            rendered = Rendered(encoded, options.content_type, pixels.shape[1], pixels.shape[0],
+                                width, height, bbox, watch.ms)
+            del pixels, image
+            if deliver is not None:
+                deliver(rendered)
+        return rendered
 
     def remove_paths(self, root: SharedRoot, source: str, output: str, mode: str,
                      threshold: int | None, subject_filter: bool = False) -> dict:
@@ -96,13 +152,17 @@ class BackgroundRemover:
         dst_path = root.parse(output, "outputImagePath")
         self.check_ready()  # before reading: a cold service answers 503 without touching the file
         watch = Stopwatch()
-        with watch.stage("read"):
-            src = root.read_source(src_path, self.max_source_bytes)
-        root.check_output(dst_path, src.identity)  # before the work; nothing is created yet
-        options = OutputOptions(mode=mode, threshold=threshold, subject_filter=subject_filter)
-        rendered = self.process(src.data, options, watch=watch)
-        with watch.stage("write"):
-            root.write_output(dst_path, rendered.data, src.identity)
+        with self.admission.ticket() as ticket:  # a busy service refuses before reading
+            with watch.stage("read"):
+                src = root.read_source(src_path, self.max_source_bytes)
+            root.check_output(dst_path, src.identity)  # before the work; nothing is created yet
+
+            def write(rendered: Rendered) -> None:
+                with watch.stage("write"):
+                    root.write_output(dst_path, rendered.data, src.identity)
+
+            options = OutputOptions(mode=mode, threshold=threshold, subject_filter=subject_filter)
+            rendered = self._render(src.data, options, ticket, False, watch, deliver=write)
         return {
             "outputImagePath": output,
             "width": rendered.width,

@@ -84,3 +84,18 @@ def test_subject_filter_drops_small_regions_with_their_soft_edges():
                                   np.full((2, 3), 255, np.uint8)])
 def test_subject_filter_leaves_single_regions_and_tiny_masks_alone(mask):
     np.testing.assert_array_equal(post.drop_small_regions(mask), mask)
+
+
+@pytest.mark.parametrize("small, large", [((9, 7), (1080, 1920)), ((100, 177), (1080, 1920)),
+                                          ((37, 50), (333, 500)), ((5, 5), (5, 5)), ((1, 3), (4, 9))])
+def test_the_banded_upsampling_of_refine_equals_opencvs_resize(small, large):
+    """refine applies its guided filter's coefficients a run of rows at a time (memory); the rows
+    it builds are those cv2.resize(INTER_LINEAR) would give for the whole image."""
+
+    coarse = np.random.default_rng(0).random((*small, 4), dtype=np.float32)
+    whole = cv2.resize(coarse, large[::-1], interpolation=cv2.INTER_LINEAR)
+    wide = cv2.resize(coarse, (large[1], small[0]), interpolation=cv2.INTER_LINEAR)
+    banded = np.empty_like(whole)
+    for rows, top, bottom, fy in post.vertical_runs(small[0], large[0]):
+        banded[rows] = wide[top] * (1 - fy) + wide[bottom] * fy
+    assert np.abs(banded - whole).max() < 1e-5
