@@ -179,7 +179,7 @@ def vertical_runs(small: int, height: int):
     top = np.clip(y0.astype(np.intp), 0, small - 1)
     bottom = np.clip(top + 1, 0, small - 1)
     starts = np.flatnonzero(np.diff(top, prepend=-1))
-    for start, stop in zip(starts, [*starts[1:], height]):
+    for start, stop in zip(starts, [*starts[1:], height], strict=True):
         yield (slice(int(start), int(stop)), int(top[start]), int(bottom[start]),
                fy[start:stop, None, None])
 

@@ -68,7 +68,8 @@ def test_memory_budget_413_for_what_never_fits_503_after_the_wait_and_wakes_wait
 
 def test_the_estimate_follows_the_mode_and_the_source():
     pixels = 4_000_000
-    assert memory_needed(pixels, OutputOptions(mode="refine"), 1000) == pixels * BYTES_PER_PIXEL["refine"] + 1000
+    refine = OutputOptions(mode="refine")
+    assert memory_needed(pixels, refine, 1000) == pixels * BYTES_PER_PIXEL["refine"] + 1000
     assert memory_needed(pixels, OutputOptions(mode="threshold", threshold=200), 0) < \
         memory_needed(pixels, OutputOptions(mode="refine"), 0)
     assert memory_needed(pixels, OutputOptions(mode="soft", bg_color=(1, 2, 3)), 0) > \

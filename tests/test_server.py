@@ -170,9 +170,26 @@ def test_a_worker_whose_model_fails_to_warm_up_stops_the_server(sandbox, random_
     assert "warm-up failed: CUDA out of memory (simulated)" in log
 
 
-def test_compose_file_runs_the_image_with_gpu_volume_and_health_check():
-    service = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]["u2net"]
-    assert "5002:5002" in service["ports"]
+NGINX_TEMPLATE = PROJECT / "deploy" / "nginx" / "u2net.conf.template"
+
+
+def template_variables() -> set[str]:
+    """The ${NAME} placeholders of the nginx template (nginx's own $variables have no braces)."""
+    text = "\n".join(line for line in NGINX_TEMPLATE.read_text().splitlines()
+                     if not line.lstrip().startswith("#"))
+    return set(re.findall(r"\$\{(\w+)\}", text))
+
+
+def test_compose_file_runs_the_image_behind_nginx_with_gpu_volume_and_health_check():
+    services = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]
+    proxy, service = services["proxy"], services["u2net"]
+    assert proxy["ports"] == ["5002:5002"] and "ports" not in service  # only through nginx
+    assert proxy["image"].startswith("nginx:")
+    mount = proxy["volumes"][0].split(":")
+    assert PROJECT / mount[0] == NGINX_TEMPLATE and mount[1].startswith("/etc/nginx/templates/")
+    assert template_variables() <= set(proxy["environment"])
+    assert proxy["environment"]["U2NET_UPSTREAM"] == "u2net:5002"
+    assert service["environment"]["HOST"] == "0.0.0.0"
     assert any(v.endswith(":/OpenCloneFS") for v in service["volumes"])
     assert service["environment"]["OpenClone_OpenCloneFS"] == "/OpenCloneFS"
     devices = service["deploy"]["resources"]["reservations"]["devices"]
@@ -196,8 +213,12 @@ def test_readmes_kubernetes_manifest_fits_the_image_and_the_app():
     block = re.search(r"On Kubernetes.*?```yaml\n(.*?)```", readme, re.DOTALL).group(1)
     deployment, service = yaml.safe_load_all(block)
     pod = deployment["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    assert container["ports"] == [{"containerPort": 5002}]
+    container, nginx = pod["containers"]
+    assert "ports" not in container and nginx["ports"] == [{"containerPort": 5002}]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    nginx_env = {e["name"]: e["value"] for e in nginx["env"]}
+    assert env["HOST"] == "127.0.0.1" and nginx_env["U2NET_UPSTREAM"] == f"127.0.0.1:{env['PORT']}"
+    assert nginx_env["NGINX_PORT"] == "5002" and template_variables() <= set(nginx_env)
     assert {"name": "OpenClone_OpenCloneFS", "value": "/OpenCloneFS"} in container["env"]
     assert container["volumeMounts"][0]["mountPath"] == "/OpenCloneFS"
     assert container["volumeMounts"][0]["name"] == pod["volumes"][0]["name"]
