@@ -32,7 +32,9 @@ def need_nginx():
 class LocalProduction:
     """deploy/run-local.sh PORT in its own process group."""
 
-    def __init__(self, root, weights, **env):
+    def __init__(self, root, weights, log=None, **env):
+        """`log`: a file for both servers' output (default: a pipe, read when stopped; keep
+        what is logged meanwhile under 64 KB, or the servers block on it)."""
         need_nginx()
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -41,7 +43,8 @@ class LocalProduction:
             env={**os.environ, "OpenClone_OpenCloneFS": str(root), "U2NET_MODEL": "u2netp",
                  "U2NET_WEIGHTS": str(weights), "U2NET_DEVICE": "cpu", "U2NET_WARMUP_RUNS": "1",
                  "U2NET_CACHE_DIR": str(PROJECT / ".pytest-onnx-cache"), "NGINX": NGINX, **env},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -63,7 +66,7 @@ class LocalProduction:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             out, _ = self.proc.communicate()
-        return out
+        return out or ""
 
 
 @pytest.fixture
