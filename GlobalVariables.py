@@ -12,6 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+# The registry imports no torch: the settings check names without loading the network's code.
+from u2net.registry import (
+    DEVICES,
+    ENGINES,
+    MODELS,
+    PRECISIONS,
+    engine_precision_error,
+    is_device_name,
+)
+
 PROJECT_ROOT = Path(__file__).resolve().parent
 
 log = logging.getLogger("u2net_service")
@@ -107,6 +117,13 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)  # never in logs
     log_level: str = "INFO"
     warmup_runs: int = 2
+    # The production server (gunicorn_conf.py): workers (WEB_CONCURRENCY), request threads per
+    # worker (GUNICORN_THREADS; 0 = auto, see gunicorn_threads), the request timeout
+    # (GUNICORN_TIMEOUT) and recycling (GUNICORN_MAX_REQUESTS).
+    web_concurrency: int = 1
+    threads: int = 0
+    gunicorn_timeout: int = 180
+    gunicorn_max_requests: int = 2000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -115,16 +132,24 @@ class Settings:
         level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        engine = _choice(env, "U2NET_ENGINE", cls.engine, ENGINES)
+        precision = _choice(env, "U2NET_PRECISION", cls.precision, PRECISIONS)
+        clash = engine_precision_error(engine, precision)
+        if clash:
+            raise SettingsError(f"U2NET_ENGINE={engine} with U2NET_PRECISION={precision}: {clash}")
+        device = env.get("U2NET_DEVICE", "").strip() or cls.device
+        if not is_device_name(device):
+            raise SettingsError(f"U2NET_DEVICE must be {DEVICES}, got {device!r}")
         return cls(
             fs_root=root or cls.fs_root,
             fs_root_from_env=root is not None,
-            model=env.get("U2NET_MODEL", "").strip() or cls.model,
+            model=_choice(env, "U2NET_MODEL", cls.model, tuple(MODELS)),
             models_dir=_path(env, "U2NET_MODELS_DIR") or cls.models_dir,
             weights=_path(env, "U2NET_WEIGHTS"),
-            device=env.get("U2NET_DEVICE", "").strip() or cls.device,
-            engine=env.get("U2NET_ENGINE", "").strip() or cls.engine,
+            device=device,
+            engine=engine,
             cache_dir=_path(env, "U2NET_CACHE_DIR"),
-            precision=env.get("U2NET_PRECISION", "").strip() or cls.precision,
+            precision=precision,
             max_batch=_number(env, "U2NET_MAX_BATCH", cls.max_batch, 0, 256),
             batch_wait_ms=_number(env, "U2NET_BATCH_WAIT_MS", cls.batch_wait_ms, 0, 1000, float),
             max_queue=_number(env, "U2NET_MAX_QUEUE", cls.max_queue, 1, 10_000),
@@ -143,7 +168,24 @@ class Settings:
             api_token=_token(env, "U2NET_API_TOKEN"),
             log_level=level,
             warmup_runs=_number(env, "U2NET_WARMUP_RUNS", cls.warmup_runs, 0, 100),
+            web_concurrency=_number(env, "WEB_CONCURRENCY", cls.web_concurrency, 1, 64),
+            threads=_number(env, "GUNICORN_THREADS", cls.threads, 0, 1024),
+            gunicorn_timeout=_number(env, "GUNICORN_TIMEOUT", cls.gunicorn_timeout, 1, 86_400),
+            gunicorn_max_requests=_number(env, "GUNICORN_MAX_REQUESTS", cls.gunicorn_max_requests,
+                                          0, 10_000_000),
         )
+
+    @property
+    def gunicorn_threads(self) -> int:
+        """Request threads per worker: GUNICORN_THREADS, else 8, or twice U2NET_MAX_BATCH when
+        that is larger.
+
+        A batch can only be as large as the number of requests in flight, and each request holds
+        a thread from decode to write. Twice the batch lets one full batch run on the GPU while
+        the next one decodes and the previous one encodes; with only max_batch threads, the
+        batches under load stay smaller than configured. 8 (CPU, max batch 1) keeps memory
+        bounded at 12 MP."""
+        return self.threads or max(8, 2 * self.max_batch)
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)

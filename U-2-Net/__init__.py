@@ -1,17 +1,22 @@
 """U²-Net for background removal: the network, its weights, and inference.
 
-Importable as `u2net` (pyproject.toml maps the package onto this folder).
+Importable as `u2net` (pyproject.toml maps the package onto this folder). Its names are imported
+lazily (PEP 562), so that `import u2net.registry` or `u2net.atomic` (the settings, the shared
+root's paths) does not load torch; `from u2net import U2NET` still works.
 """
-from .model import U2NET, U2NETP, U2Net
-from .registry import DEFAULT_MODEL, MODELS, ModelSpec, UnknownModel, get_spec
+from __future__ import annotations
 
-__all__ = [
-           "DEFAULT_MODEL",
-           "MODELS",
-           "U2NET",
-           "U2NETP",
-           "ModelSpec",
-           "U2Net",
-           "UnknownModel",
-           "get_spec",
-]
+import importlib
+
+_EXPORTS = {
+    "U2NET": "model", "U2NETP": "model", "U2Net": "model",
+    "DEFAULT_MODEL": "registry", "MODELS": "registry", "ModelSpec": "registry",
+    "UnknownModel": "registry", "get_spec": "registry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

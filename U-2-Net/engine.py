@@ -19,11 +19,11 @@ import torch
 
 from .atomic import atomic_write
 from .model import U2Net
+from .registry import ENGINES, PRECISIONS
 from .transforms import normalise_prediction
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Precisions that need CUDA: TF32 is a tensor-core format, and CPU fp16 convolutions are slow.
 _CUDA_ONLY = ("tf32", "fp16")
@@ -33,7 +33,6 @@ _CUDA_ONLY = ("tf32", "fp16")
 # below 4.5; keeping exactly those two stages in fp32 passes the parity bounds (IoU >= 0.98) and
 # IoU 0.998 against fp32, while bf16 everywhere drops to IoU 0.89 (DESIGN.md warns of ~0.90).
 SENSITIVITY_RATIO = 8.0
-ENGINES = ("auto", "torch", "onnxruntime")
 ONNX_OPSET = 17
 
 

@@ -6,6 +6,7 @@ feeds a model reads these fields, so input size and normalisation cannot drift f
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -65,6 +66,23 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 DEFAULT_MODEL = "u2net_human_seg"
+
+# How a model may run; here (no torch import) so that the settings can check them at start.
+ENGINES = ("auto", "torch", "onnxruntime")  # auto: ONNX Runtime on CPU, PyTorch on CUDA
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+DEVICES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
+
+
+def is_device_name(name: str) -> bool:
+    return bool(_DEVICE.match(name))
+
+
+def engine_precision_error(engine: str, precision: str) -> str | None:
+    """Why `engine` cannot run `precision`, or None when it can."""
+    if engine == "onnxruntime" and precision != "fp32":
+        return "the onnxruntime engine runs fp32 only; use U2NET_ENGINE=torch (or auto)"
+    return None
 
 
 class UnknownModel(ValueError):

@@ -34,6 +34,17 @@ def test_environment_overrides():
     ({"U2NET_BATCH_WAIT_MS": "soon"}, "U2NET_BATCH_WAIT_MS must be a number"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be"),
     ({"U2NET_DEFAULT_MODE": "blur"}, "U2NET_DEFAULT_MODE must be one of"),
+    ({"U2NET_MODEL": "nope"}, "U2NET_MODEL must be one of u2net_human_seg, u2net, u2netp, got 'nope'"),
+    ({"U2NET_ENGINE": "tensorrt"}, "U2NET_ENGINE must be one of auto, torch, onnxruntime"),
+    ({"U2NET_PRECISION": "int4"}, "U2NET_PRECISION must be one of fp32, tf32, bf16, fp16"),
+    ({"U2NET_ENGINE": "onnxruntime", "U2NET_PRECISION": "bf16"}, "runs fp32 only"),
+    ({"U2NET_DEVICE": "gpu"}, "U2NET_DEVICE must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ({"U2NET_DEVICE": "cuda:x"}, "U2NET_DEVICE must be"),
+    ({"U2NET_MEMORY_BUDGET_MB": "8"}, "U2NET_MEMORY_BUDGET_MB must be between 16"),
+    ({"U2NET_MEMORY_WAIT_S": "-1"}, "U2NET_MEMORY_WAIT_S must be between 0"),
+    ({"U2NET_API_TOKEN": "abc"}, "U2NET_API_TOKEN must be at least 16"),
+    ({"MAX_IMAGE_PIXELS": "0"}, "MAX_IMAGE_PIXELS must be between 1"),
+    ({"U2NET_MAX_QUEUE": "0"}, "U2NET_MAX_QUEUE must be between 1"),
 ])
 def test_bad_values_are_named(env, message):
     with pytest.raises(SettingsError, match=message):
@@ -45,7 +56,6 @@ def test_bad_values_are_named(env, message):
     ({"U2NET_MAX_BATCH": "8"}, 16),                    # the compose file (GPU)
     ({"U2NET_MAX_BATCH": "32"}, 64),                   # the GPU benchmark
     ({"U2NET_MAX_BATCH": "32", "GUNICORN_THREADS": "12"}, 12),  # an explicit choice wins
-    ({"U2NET_MAX_BATCH": "lots"}, 8),                  # the worker's settings reject it
 ])
 def test_gunicorn_threads_leave_room_for_full_batches(monkeypatch, env, threads):
     """Each request holds a thread until its cut-out is written, so with fewer threads than twice
@@ -58,3 +68,40 @@ def test_gunicorn_threads_leave_room_for_full_batches(monkeypatch, env, threads)
         monkeypatch.setenv(name, value)
     config = runpy.run_path(str(PROJECT_ROOT / "gunicorn_conf.py"))
     assert config["threads"] == threads
+
+
+def test_the_settings_and_the_core_paths_do_not_load_torch():
+    """The settings (read by gunicorn's master, which must never touch CUDA) and the shared
+    root's code import no torch: the lists of models, engines and precisions are torch-free."""
+    import subprocess
+    import sys
+
+    code = ("import sys, GlobalVariables, bgservice.paths, bgservice.errors, bgservice.limits; "
+            "GlobalVariables.Settings.from_env({'U2NET_MODEL': 'u2netp'}); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PROJECT_ROOT)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env, message", [
+    ({"U2NET_MAX_BATCH": "lots"}, "error: U2NET_MAX_BATCH must be an integer, got 'lots'"),
+    ({"U2NET_ENGINE": "tensorrt"}, "error: U2NET_ENGINE must be one of auto, torch, onnxruntime"),
+    ({"GUNICORN_THREADS": "-1"}, "error: GUNICORN_THREADS must be between 0 and 1024"),
+])
+def test_bad_settings_stop_every_entry_point_with_one_line_and_exit_2(env, message, tmp_path):
+    """gunicorn (its master reads the settings before any worker boots), `python API.py` and
+    `bgremove` print one line naming the variable, no traceback, and exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    commands = [[str(bin_dir / "gunicorn"), "-c", "gunicorn_conf.py"], [sys.executable, "API.py"],
+                [str(bin_dir / "bgremove"), "models"]]
+    for command in commands:
+        out = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PORT": "5999", **env}, check=False)
+        assert out.returncode == 2, (command, out.returncode, out.stderr[-2000:])
+        assert message in out.stderr and "Traceback" not in out.stderr, (command, out.stderr[-2000:])
