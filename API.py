@@ -162,6 +162,12 @@ def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str,
 # -- routes -------------------------------------------------------------------------------------
 
 def _register_routes(app: Flask) -> None:
+    _register_probes(app)
+    _register_cutouts(app)
+    _register_documentation(app)
+
+
+def _register_probes(app: Flask) -> None:
     @app.get("/health")
     def health():
         """200 while the process can serve or is still warming up; 503 once the model has failed
@@ -183,6 +189,8 @@ def _register_routes(app: Flask) -> None:
         state = _state()
         return jsonify({**state.runtime.info(), "limits": state.remover.limits_info()})
 
+
+def _register_cutouts(app: Flask) -> None:
     @app.post("/remove-background")
     def remove_background():
         state = _state()
@@ -221,6 +229,8 @@ def _register_routes(app: Flask) -> None:
             response.headers["X-Threshold"] = str(options.threshold)
         return response
 
+
+def _register_documentation(app: Flask) -> None:
     @app.get("/openapi.json")
     def openapi():
         return jsonify(openapi_spec(_state().settings, MAX_BATCH_JOBS, MAX_JSON_BYTES, PUBLIC_PATHS))

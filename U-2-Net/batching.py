@@ -94,30 +94,33 @@ class DynamicBatcher:
             # Items whose caller gave up (cancelled futures) are dropped here, not computed.
             batch = [(item, future) for item, future in batch
                      if future.set_running_or_notify_cancel()]
-            if not batch:
-                if stop:
-                    return
-                continue
-            outputs, error = None, None
-            try:
-                started = time.perf_counter()
-                outputs = self._run_batch(np.stack([item for item, _ in batch]))
-                if len(outputs) != len(batch):
-                    raise RuntimeError(f"{len(outputs)} outputs for a batch of {len(batch)}")
-                log.debug("batch of %d in %.1f ms, %d waiting", len(batch),
-                          (time.perf_counter() - started) * 1e3, self._queue.qsize())
-            except BaseException as exc:  # every waiter must hear about the failure
-                error = exc
-                log.exception("batch of %d failed", len(batch))
-            if self._on_batch is not None:  # first, so that the state is settled when callers hear
-                try:
-                    self._on_batch(error)
-                except Exception:
-                    log.exception("the on_batch callback failed")
-            for i, (_, future) in enumerate(batch):
-                if error is None:
-                    future.set_result(outputs[i])
-                else:
-                    future.set_exception(error)
+            if batch:
+                self._answer(batch, *self._run(batch))
             if stop:
                 return
+
+    def _run(self, batch: list) -> tuple[np.ndarray | None, BaseException | None]:
+        """(outputs, None), or (None, the exception): the network on one batch."""
+        try:
+            started = time.perf_counter()
+            outputs = self._run_batch(np.stack([item for item, _ in batch]))
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"{len(outputs)} outputs for a batch of {len(batch)}")
+            log.debug("batch of %d in %.1f ms, %d waiting", len(batch),
+                      (time.perf_counter() - started) * 1e3, self._queue.qsize())
+            return outputs, None
+        except BaseException as exc:  # every waiter must hear about the failure
+            log.exception("batch of %d failed", len(batch))
+            return None, exc
+
+    def _answer(self, batch: list, outputs: np.ndarray | None, error: BaseException | None) -> None:
+        if self._on_batch is not None:  # first, so that the state is settled when callers hear
+            try:
+                self._on_batch(error)
+            except Exception:
+                log.exception("the on_batch callback failed")
+        for i, (_, future) in enumerate(batch):
+            if error is None:
+                future.set_result(outputs[i])
+            else:
+                future.set_exception(error)

@@ -170,8 +170,8 @@ class ModelRuntime:
 
         The network's input is always (n, 3, 320, 320) with n up to max_batch, and warm-up ran
         that shape (on CUDA every n), so forward passes that keep failing after a good warm-up
-        mean a broken device (a sticky CUDA error, a lost GPU), not a bad request. Reporting that (/health 503,
-        and under gunicorn an exit) lets the orchestrator restart the process.
+        mean a broken device (a sticky CUDA error, a lost GPU), not a bad request. Reporting that
+        (/health 503, and under gunicorn an exit) lets the orchestrator restart the process.
         """
         if error is None:
             self._failed_batches = 0

@@ -219,6 +219,27 @@ def validation_mae(net: U2Net, loader: DataLoader, device: torch.device) -> floa
     return total / max(1, count)
 
 
+def _validation_loader(config: TrainConfig, spec, size: int) -> DataLoader | None:
+    if not config.val_images:
+        return None
+    if not config.val_masks:
+        raise DataError("a validation set needs both val_images and val_masks")
+    val_set = SegmentationDataset(find_pairs(config.val_images, config.val_masks), spec,
+                                  size, size, augment=False)
+    return DataLoader(val_set, batch_size=config.batch_size, num_workers=0)
+
+
+def _resume(out: Path, net: U2Net, optimiser, device: torch.device) -> tuple[int, int, float]:
+    """(step, next epoch, best validation MAE) from the training state saved beside `out`."""
+    if not state_path(out).is_file():
+        raise FileNotFoundError(f"nothing to resume: {state_path(out)} does not exist")
+    state = torch.load(state_path(out), map_location=device, weights_only=True)
+    net.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimizer"])
+    log.info("resumed from %s at step %d", state_path(out), state["step"])
+    return state["step"], state["epoch"] + 1, state.get("best_val_mae", math.inf)
+
+
 def train(config: TrainConfig) -> dict:
     """Run (or resume) a training; returns a summary. Writes `config.out` at every save."""
     spec = get_spec(config.model)
@@ -229,28 +250,14 @@ def train(config: TrainConfig) -> dict:
 
     train_set = SegmentationDataset(find_pairs(config.images, config.masks), spec, size, crop,
                                     augment=True)
-    val_loader = None
-    if config.val_images:
-        if not config.val_masks:
-            raise DataError("a validation set needs both val_images and val_masks")
-        val_set = SegmentationDataset(find_pairs(config.val_images, config.val_masks), spec,
-                                      size, size, augment=False)
-        val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=0)
+    val_loader = _validation_loader(config, spec, size)
 
     net = build_model(spec, config.init) if config.init else ARCHITECTURES[spec.architecture]()
     net.to(device).train()
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
                                  weight_decay=0)
-    step, epoch, best = 0, 0, math.inf
     out = Path(config.out)
-    if config.resume:
-        if not state_path(out).is_file():
-            raise FileNotFoundError(f"nothing to resume: {state_path(out)} does not exist")
-        state = torch.load(state_path(out), map_location=device, weights_only=True)
-        net.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimizer"])
-        step, epoch, best = state["step"], state["epoch"] + 1, state.get("best_val_mae", math.inf)
-        log.info("resumed from %s at step %d", state_path(out), step)
+    step, epoch, best = _resume(out, net, optimiser, device) if config.resume else (0, 0, math.inf)
 
     # drop_last: a final batch of 1 would run batch norm on a single sample. The loader's
     # generator (shuffle order, worker seeds) is seeded by the epoch too, so a resumed run does
@@ -280,7 +287,8 @@ def train(config: TrainConfig) -> dict:
                       "step": step, "epoch": epoch, "best_val_mae": best,
                       "config": {k: str(v) for k, v in asdict(config).items()}}, state_path(out))
 
-    for epoch, (x, y) in _batches(loader, epoch) if step < config.steps else ():
+    first_epoch = epoch
+    for epoch, (x, y) in _batches(loader, first_epoch) if step < config.steps else ():
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
             logits = net(x, logits=True)

@@ -43,11 +43,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-
-PROJECT = Path(__file__).resolve().parents[1]
-SHARED = PROJECT.parent / "shared"
-OUT = PROJECT / "bench" / "out"
-
 from timing import median_ms
 from u2net.model import ARCHITECTURES
 from u2net.registry import get_spec
@@ -55,6 +50,10 @@ from u2net.runtime import ModelRuntime, RuntimeOptions
 
 from bgservice.paths import SharedRoot
 from bgservice.pipeline import BackgroundRemover
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared"
+OUT = PROJECT / "bench" / "out"
 
 CASES = [("640x480 JPEG", (640, 480), "jpg"), ("1920x1080 JPEG", (1920, 1080), "jpg"),
          ("1920x1080 PNG", (1920, 1080), "png"), ("4000x3000 JPEG", (4000, 3000), "jpg")]

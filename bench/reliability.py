@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
 import json
 import os
@@ -50,11 +51,18 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
 sys.path.insert(0, str(PROJECT / "tests"))
 
-# The attacks themselves live with the tests that run them (one copy of each).
-from test_hardening import Swapper, files_under  # noqa: E402
-from test_limits import bomb_png, status_kb, worker_pids  # noqa: E402
-from test_proxy import LocalProduction, SlowClients  # noqa: E402
-from test_server import dockerfile_cmd, free_port  # noqa: E402
+# The attacks themselves live with the tests that run them (tests/helpers.py: one copy of each).
+from helpers import (  # noqa: E402
+    LocalProduction,
+    SlowClients,
+    Swapper,
+    bomb_png,
+    dockerfile_cmd,
+    files_under,
+    free_port,
+    status_kb,
+    worker_pids,
+)
 
 ROWS: list[tuple[str, str, str]] = []
 
@@ -187,16 +195,19 @@ def bad_inputs(work: Path, weights_path: Path) -> None:
     base = server.base
     ok = {"sourceImagePath": "/Clones/in.jpg", "outputImagePath": "/Clones/out.png"}
     jpeg = (root / "Clones" / "in.jpg").read_bytes()
-    json_h = {"Content-Type": "application/json"}
+
+    def raw_json(body: str, content_type: str = "application/json") -> requests.Response:
+        return requests.post(f"{base}/remove-background", data=body,
+                             headers={"Content-Type": content_type})
+
+    surrogate = '{"sourceImagePath": "/\\ud800.png", "outputImagePath": "/o.png"}'
     tries = [
-        ("nested JSON", lambda: requests.post(f"{base}/remove-background", data="[" * 30000 + "]" * 30000, headers=json_h)),
-        ("lone surrogate in a path", lambda: requests.post(f"{base}/remove-background", headers=json_h,
-                                                           data='{"sourceImagePath": "/\\ud800.png", "outputImagePath": "/o.png"}')),
+        ("nested JSON", lambda: raw_json("[" * 30000 + "]" * 30000)),
+        ("lone surrogate in a path", lambda: raw_json(surrogate)),
         ("bg_color=²,1,1", lambda: requests.post(f"{base}/api/remove?bg_color=²,1,1", data=jpeg)),
         ("300-character file name", lambda: call(base, "/Clones/in.jpg", "/" + "n" * 300 + ".png")),
         ("output path = source path", lambda: call(base, "/Clones/in.jpg", "/Clones/in.jpg")),
-        ("text/plain JSON (cross-site)", lambda: requests.post(f"{base}/remove-background", data=json.dumps(ok),
-                                                               headers={"Content-Type": "text/plain"})),
+        ("text/plain JSON (cross-site)", lambda: raw_json(json.dumps(ok), "text/plain")),
         ("chunked upload over MAX_UPLOAD_MB", lambda: requests.post(
             f"{base}/api/remove", data=(b"x" * 65536 for _ in range(40)))),
         ("symlink to /etc/passwd", lambda: call(base, "/Clones/link.png", "/o.png")),
@@ -211,7 +222,8 @@ def bad_inputs(work: Path, weights_path: Path) -> None:
         ("threshold true", lambda: call(base, "/Clones/in.jpg", "/o.png", threshold=True)),
         ("unknown field", lambda: call(base, "/Clones/in.jpg", "/o.png", treshold=200)),
         ("empty upload", lambda: requests.post(f"{base}/api/remove", data=b"")),
-        ("batch of 33 jobs", lambda: requests.post(f"{base}/remove-background/batch", json={"jobs": [ok] * 33})),
+        ("batch of 33 jobs", lambda: requests.post(f"{base}/remove-background/batch",
+                                                   json={"jobs": [ok] * 33})),
     ]
     codes, lines = collections.Counter(), []
     try:
@@ -331,10 +343,8 @@ def kills(work: Path, weights_path: Path, count: int) -> None:
 
 
 def _quietly(fn):
-    try:
+    with contextlib.suppress(requests.RequestException):  # the worker was killed under it
         fn()
-    except requests.RequestException:
-        pass
 
 
 # -- 5. slow clients -----------------------------------------------------------------------------

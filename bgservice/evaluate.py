@@ -92,7 +92,9 @@ def _tile(rgb: np.ndarray, height: int) -> np.ndarray:
 
 
 def contact_row(image, gt, rgba, height=160) -> np.ndarray:
-    gray = lambda a: np.repeat((a * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    def gray(a):
+        return np.repeat((a * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
     tiles = [image, gray(gt), gray(rgba[:, :, 3] / 255), on_checkerboard(rgba)]
     gap = np.full((height, 4, 3), 255, np.uint8)
     row = []

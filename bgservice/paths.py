@@ -77,6 +77,13 @@ def _is_symlink(dir_fd: int, name: str) -> bool:
         return False
 
 
+def _check_name_lengths(parts: list[str], field: str) -> None:
+    for part in parts:
+        if len(part.encode("utf-8")) > _NAME_MAX:
+            raise BadRequest(f"'{field}' has a name longer than {_NAME_MAX} bytes, which the "
+                             f"filesystem cannot store: {_shown(part)!r}")
+
+
 def _shown(text: str) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
@@ -121,10 +128,7 @@ class SharedRoot:
         parts = [p for p in parts if p not in ("", ".")]
         if not parts:
             raise BadRequest(f"'{field}' names no file")
-        for part in parts:
-            if len(part.encode("utf-8")) > _NAME_MAX:
-                raise BadRequest(f"'{field}' has a name longer than {_NAME_MAX} bytes, which "
-                                 f"the filesystem cannot store: {_shown(part)!r}")
+        _check_name_lengths(parts, field)
         return RequestPath(field, _shown(user_path), tuple(parts))
 
     # -- handles -------------------------------------------------------------------------------

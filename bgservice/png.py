@@ -12,9 +12,10 @@ How: the rows are cut into strips; each worker applies the PNG "Up" filter to it
 vectorised subtraction; libpng's adaptive filter choice costs more than it saves here) and deflates
 it (zlib-ng releases the GIL). The strips' Adler-32 checksums are combined, and the file is
 assembled with a single join: no full-size intermediate copy, which matters in a server whose
-request threads pay page faults for every fresh large buffer. Each strip ends with a sync flush (byte-aligned and non-final) and the last
-with a finish, so the concatenation is one valid deflate stream, as pigz does. The cost is a
-fresh dictionary at each strip boundary (a few hundred bytes). The output is a standard
+request threads pay page faults for every fresh large buffer. Each strip ends with a sync flush
+(byte-aligned and non-final) and the last with a finish, so the concatenation is one valid
+deflate stream, as pigz does. The cost is a fresh dictionary at each strip boundary (a few
+hundred bytes). The output is a standard
 8-bit RGBA PNG; the tests decode it and compare it with the input array.
 """
 from __future__ import annotations

@@ -36,7 +36,8 @@ def scene(kind: int, size=(320, 240)) -> tuple[np.ndarray, np.ndarray]:
         cv2.ellipse(hard, (w // 2 + 30, h // 2), (30, 45), 0, -90, 90, 1, 12)
         fg, bg = (0.8, 0.15, 0.1), (0.75, 0.8, 0.9)
     alpha = cv2.GaussianBlur(hard, (0, 0), 2.5)
-    image = alpha[..., None] * np.asarray(fg, np.float32) + (1 - alpha[..., None]) * np.asarray(bg, np.float32)
+    a = alpha[..., None]
+    image = a * np.asarray(fg, np.float32) + (1 - a) * np.asarray(bg, np.float32)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), (alpha * 255).astype(np.uint8)
 
 

@@ -5,7 +5,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 import pytest
 from conftest import (
@@ -16,6 +15,7 @@ from conftest import (
     save_image,
     snapshot,
 )
+from helpers import two_subjects_and_a_speck
 from PIL import Image
 from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, RuntimeOptions
@@ -381,16 +381,6 @@ def test_local_folder_is_used_when_the_root_is_unset(tmp_path, random_weights, r
     API.create_app(settings, runtime=runtime)
     assert (tmp_path / "local-root").is_dir()
     assert "OpenClone_OpenCloneFS is not set; using the local folder" in caplog.text
-
-
-def two_subjects_and_a_speck(rgb, timeout=None, timings=None):
-    """A stand-in mask: two people (the second 64 % of the first's area) and a speck."""
-    h, w = rgb.shape[:2]
-    mask = np.zeros((h, w), np.uint8)
-    cv2.circle(mask, (w // 4, h // 2), h // 4, 255, -1)
-    cv2.circle(mask, (3 * w // 4, h // 2), h // 5, 255, -1)
-    cv2.circle(mask, (w - 6, 5), 2, 255, -1)
-    return mask
 
 
 @pytest.mark.parametrize("subject_filter", [False, True])

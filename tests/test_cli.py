@@ -109,7 +109,7 @@ def test_evaluate_compares_models_and_modes_in_one_run(cli, tmp_path, random_wei
     import csv
 
     from conftest import shared_path
-    from test_quality import blurred_disc_scene
+    from helpers import blurred_disc_scene
 
     for sub in ("images", "masks"):
         (tmp_path / "data" / sub).mkdir(parents=True)

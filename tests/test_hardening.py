@@ -7,72 +7,15 @@ stay byte-identical and no request may read the outside file.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import photo, save_image, snapshot
+from helpers import Swapper, files_under
 
 from bgservice.errors import ServiceError
 from bgservice.paths import SharedRoot
-
-
-def files_under(folder: Path) -> dict:
-    """Every file under `folder` with its bytes (snapshot() compares sizes and times only)."""
-    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-class Swapper(threading.Thread):
-    """Flips `path` between the real thing and a symlink to `target`, as fast as it can, until
-    stopped; counts the flips."""
-
-    def __init__(self, path: Path, target: Path, hold_s: float = 0.0):
-        super().__init__(daemon=True)
-        self.path, self.target, self.hold_s, self.flips = path, target, hold_s, 0
-        self.stop = threading.Event()
-        self.real = path.with_name(path.name + ".real")
-
-    def run(self):
-        link = self.path.with_name(self.path.name + ".link")
-        while not self.stop.is_set():
-            try:
-                os.rename(self.path, self.real)  # the real folder or file steps aside
-                os.symlink(self.target, link)
-                os.rename(link, self.path)  # ... and a link to the outside takes its place
-                time.sleep(self.hold_s)
-                os.unlink(self.path)
-                os.rename(self.real, self.path)
-                self.flips += 1
-                time.sleep(self.hold_s)
-            except OSError:  # the service made the folder again meanwhile: put things back
-                self._restore(link)
-        self._restore(link)
-
-    def _restore(self, link: Path) -> None:
-        """Put the real thing back, removing whatever the service created at its place."""
-        if link.is_symlink():
-            link.unlink()
-        while self.real.exists():
-            try:
-                if self.path.is_symlink():
-                    self.path.unlink()
-                elif self.path.is_dir():
-                    shutil.rmtree(self.path, ignore_errors=True)
-                os.rename(self.real, self.path)
-            except OSError:
-                continue
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.join(5)
-
 
 ROUNDS = 2000
 

@@ -2,17 +2,15 @@
 budget that decompression bombs (a small file that decodes to a huge image) cannot break."""
 from __future__ import annotations
 
-import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
-import numpy as np
 import pytest
 import requests
 from conftest import photo, save_image
-from PIL import Image
+from helpers import bomb_png, status_kb, worker_pids
 
 from bgservice.errors import TooLarge, Unavailable
 from bgservice.limits import Admission, MemoryBudget
@@ -100,16 +98,6 @@ def test_a_saturated_worker_refuses_before_reading_the_source(app, client, sandb
     assert len(reads) == 1 and admission.admitted == 0
 
 
-def bomb_png(width: int, height: int) -> bytes:
-    """A small PNG that decodes to width x height: flat colour with a disc, compressed hard."""
-    yy, xx = np.ogrid[:height, :width]
-    image = np.zeros((height, width, 3), np.uint8)
-    image[(yy - height / 2) ** 2 + (xx - width / 2) ** 2 < (height / 3) ** 2] = (200, 150, 120)
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG", compress_level=9)
-    return buf.getvalue()
-
-
 def test_an_image_beyond_the_budget_is_413_before_decoding(settings, runtime, sandbox):
     import API
 
@@ -129,7 +117,7 @@ def test_a_burst_of_bombs_keeps_the_worker_within_its_budget(sandbox, random_wei
     worker's peak resident memory during the burst stays under what it held before plus the
     budget (and a little for the allocator), and each request still succeeds or gets a clean
     413 / 503."""
-    from test_server import start_server, stop, wait_until_ready
+    from helpers import start_server, stop, wait_until_ready
 
     budget_mb = 400
     data = bomb_png(6000, 3400)
@@ -171,14 +159,3 @@ def test_a_burst_of_bombs_keeps_the_worker_within_its_budget(sandbox, random_wei
     assert statuses == [200, 200, 200, 413, 200, 200, 200, 200], statuses
 
 
-def worker_pids(master: int) -> list[int]:
-    with open(f"/proc/{master}/task/{master}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
-def status_kb(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)

@@ -14,7 +14,14 @@ import pytest
 from conftest import snapshot
 from u2net.atomic import STALE_AFTER_S, TEMP_PREFIX, remove_stale_temporaries
 
-from bgservice.errors import BadRequest, Conflict, Forbidden, InsufficientStorage, NotFound, TooLarge
+from bgservice.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InsufficientStorage,
+    NotFound,
+    TooLarge,
+)
 from bgservice.paths import SharedRoot, atomic_write
 
 ESCAPES = [

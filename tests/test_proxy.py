@@ -4,69 +4,16 @@ stops both servers."""
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import threading
 import time
 
 import pytest
 import requests
-from conftest import PROJECT, WEBSITE_REQUEST, photo, save_image
-from test_server import free_port
+from conftest import WEBSITE_REQUEST, photo, save_image
+from helpers import LocalProduction, SlowClients
 
 pytestmark = pytest.mark.slow
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def need_nginx():
-    if not os.path.exists(NGINX):
-        message = "nginx missing: apt-get install nginx-light (.ci/run does)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-class LocalProduction:
-    """deploy/run-local.sh PORT in its own process group."""
-
-    def __init__(self, root, weights, log=None, **env):
-        """`log`: a file for both servers' output (default: a pipe, read when stopped; keep
-        what is logged meanwhile under 64 KB, or the servers block on it)."""
-        need_nginx()
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            ["bash", str(PROJECT / "deploy" / "run-local.sh"), str(self.port)], cwd=PROJECT,
-            env={**os.environ, "OpenClone_OpenCloneFS": str(root), "U2NET_MODEL": "u2netp",
-                 "U2NET_WEIGHTS": str(weights), "U2NET_DEVICE": "cpu", "U2NET_WARMUP_RUNS": "1",
-                 "U2NET_CACHE_DIR": str(PROJECT / ".pytest-onnx-cache"), "NGINX": NGINX, **env},
-            stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.stop()
-            try:
-                if requests.get(f"{self.base}/ready", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"never ready:\n{self.stop()}")
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)  # the script, as an operator's Ctrl-C or kill
-        try:
-            out, _ = self.proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            out, _ = self.proc.communicate()
-        return out or ""
 
 
 @pytest.fixture
@@ -85,32 +32,6 @@ def website_call(base: str) -> float:
                       headers={"Connection": "close"}, timeout=100)
     assert r.status_code == 200, r.text
     return time.perf_counter() - started
-
-
-class SlowClients(threading.Thread):
-    """`count` connections that each announce a large upload and then send one byte every
-    `every_s` seconds, for as long as they run."""
-
-    def __init__(self, port: int, count: int, every_s: float = 0.5):
-        super().__init__(daemon=True)
-        self.port, self.count, self.every_s = port, count, every_s
-        self.stop = threading.Event()
-        self.sockets: list[socket.socket] = []
-
-    def run(self):
-        for _ in range(self.count):
-            s = socket.create_connection(("127.0.0.1", self.port))
-            s.sendall(b"POST /api/remove HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream"
-                      b"\r\nContent-Length: 1000000\r\n\r\n")
-            self.sockets.append(s)
-        while not self.stop.wait(self.every_s):
-            for s in self.sockets:
-                try:
-                    s.send(b"x")
-                except OSError:
-                    pass
-        for s in self.sockets:
-            s.close()
 
 
 def test_slow_clients_do_not_starve_the_service_behind_nginx(production, sandbox):
@@ -133,7 +54,8 @@ def test_slow_clients_do_not_starve_the_service_behind_nginx(production, sandbox
         slow.stop.set()
         slow.join(10)
     print(f"idle median {idle * 1000:.0f} ms; under 50 slow clients median "
-          f"{statistics.median(busy) * 1000:.0f} ms over {len(busy)}; /health max {max(health) * 1000:.0f} ms")
+          f"{statistics.median(busy) * 1000:.0f} ms over {len(busy)}; "
+          f"/health max {max(health) * 1000:.0f} ms")
     assert statistics.median(busy) < 2 * idle
     assert max(health) < 1.0
 

@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+from helpers import blurred_disc_scene
 from PIL import Image
 
 import Image_PostProcesser as post
@@ -58,26 +59,6 @@ def test_boundary_f_by_hand():
 
 
 # -- modes on a synthetic image with a known answer ----------------------------------------------
-
-def blurred_disc_scene(size=240, seed=0):
-    """A textured foreground disc with a soft (blurred) edge composited on a coloured background:
-    the true alpha and the true foreground colours are known."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    hard = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 3.2) ** 2).astype(np.float32)
-    alpha = cv2.GaussianBlur(hard, (0, 0), 3.0)
-    fg = np.empty((size, size, 3), np.float32)
-    fg[:] = (0.95, 0.85, 0.2)  # yellow subject
-    fg += rng.normal(0, 0.03, fg.shape).astype(np.float32)
-    bg = np.empty_like(fg)
-    bg[:] = (0.1, 0.3, 0.9)  # blue background that must not bleed in
-    image = alpha[:, :, None] * fg + (1 - alpha[:, :, None]) * bg
-    rgb = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-    # The "model" mask: right place, but blurrier than the truth (as U2-Net's 320 px map is).
-    mask = np.clip(np.rint(cv2.GaussianBlur(hard, (0, 0), 7.0) * 255), 0, 255).astype(np.uint8)
-    return rgb, mask, alpha, np.clip(fg, 0, 1)
 
 
 def test_soft_mode_uses_the_mask_as_alpha_and_combines_input_alpha():

@@ -2,14 +2,10 @@
 free port, called over HTTP like the website does (a new connection per call)."""
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,74 +13,16 @@ import pytest
 import requests
 import yaml
 from conftest import PROJECT, WEBSITE_REQUEST, photo, save_image
+from helpers import (
+    free_port,
+    start_server,
+    stop,
+    wait_for_exit,
+    wait_until_ready,
+)
 from PIL import Image
 
 pytestmark = pytest.mark.slow
-
-
-def dockerfile_cmd() -> list[str]:
-    text = (PROJECT / "Dockerfile").read_text()
-    return json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(env_overrides: dict, app: str | None = None) -> tuple[subprocess.Popen, int]:
-    """The Dockerfile's command on a free port; `app` replaces gunicorn_conf.py's wsgi_app."""
-    cmd = dockerfile_cmd()
-    assert cmd[0] == "gunicorn"
-    cmd[0] = str(Path(sys.executable).with_name("gunicorn"))  # this environment's gunicorn
-    if app:
-        cmd.append(app)
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "U2NET_DEVICE": "cpu", "U2NET_WARMUP_RUNS": "1",
-           "U2NET_CACHE_DIR": str(env_overrides.pop("cache", PROJECT / ".pytest-onnx-cache")),
-           **env_overrides}
-    proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    return proc, port
-
-
-def stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    return out
-
-
-def wait_for_exit(proc: subprocess.Popen, timeout: float = 90) -> str:
-    """The server's log once it has exited by itself (stopped after `timeout` if it has not)."""
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    return stop(proc)
-
-
-def wait_until_ready(proc, base: str, timeout: float = 120) -> list[int]:
-    """Poll /ready; return the statuses seen (503s while warming, then 200)."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited early:\n{stop(proc)}")
-        try:
-            status = requests.get(f"{base}/ready", timeout=2).status_code
-            seen.append(status)
-            if status == 200:
-                return seen
-        except requests.RequestException:  # refused while booting, or a read timeout
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"server never became ready:\n{stop(proc)}")
 
 
 @pytest.fixture

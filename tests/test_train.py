@@ -90,7 +90,7 @@ def test_crops_and_flips_move_image_and_mask_together(tmp_path):
     for _ in range(12):
         x, y = data[0]
         assert x.shape == (3, 48, 48) and y.shape == (1, 48, 48)
-        assert x.dtype == torch.float32 and 0 <= float(y.min()) and float(y.max()) == 1.0
+        assert x.dtype == torch.float32 and float(y.min()) >= 0 and float(y.max()) == 1.0
         bright = x.mean(0) > x.mean()
         assert ((y[0] > 0.5) == bright).float().mean() > 0.95
         flipped += float(y[0, :, -1].mean()) > 0.5  # the subject reached the right edge

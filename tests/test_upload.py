@@ -190,7 +190,7 @@ def test_bad_batches_are_400(client, body, message):
 
 
 def test_subject_filter_option_applies_to_the_mask(client, runtime, monkeypatch):
-    from test_api import two_subjects_and_a_speck
+    from helpers import two_subjects_and_a_speck
 
     monkeypatch.setattr(runtime, "mask_for", two_subjects_and_a_speck)
     data = jpeg_bytes(200, 120)
