@@ -10,6 +10,7 @@ validate the request, call the core (bgservice), return JSON. Every error become
 """
 from __future__ import annotations
 
+import atexit
 import hmac
 import json
 import logging
@@ -21,9 +22,8 @@ from pathlib import Path
 
 from flask import Flask, Response, current_app, g, jsonify, request, send_from_directory
 from u2net.memory import limit_malloc_arenas
-from u2net.registry import UnknownModel
+from u2net.registry import ModelLoadError
 from u2net.runtime import ModelRuntime
-from u2net.weights import WeightsError
 from werkzeug.exceptions import HTTPException
 
 from bgservice.errors import (
@@ -53,8 +53,7 @@ class ServiceState:
     root: SharedRoot
     runtime: ModelRuntime
     remover: BackgroundRemover
-    # Batch jobs run side by side so that the dynamic batcher can put them in one forward pass.
-    jobs: ThreadPoolExecutor
+    jobs: ThreadPoolExecutor  # batch jobs, side by side (see create_app)
 
 
 def open_shared_root(settings: Settings) -> SharedRoot:
@@ -79,7 +78,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     if own_runtime:
         try:
             runtime = ModelRuntime.load(settings.runtime_options())
-        except (WeightsError, UnknownModel) as exc:
+        except ModelLoadError as exc:
             log.error("refusing to start: %s", exc)
             raise
     remover = BackgroundRemover.from_settings(runtime, settings)
@@ -89,8 +88,12 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes  # JSON routes lower it to 64 KiB
     app.json.sort_keys = False
-    app.extensions["u2net"] = ServiceState(settings, root, runtime, remover,
-                                           ThreadPoolExecutor(8, thread_name_prefix="batch-job"))
+    # Batch jobs run side by side so that the batcher can put them into one forward pass while
+    # others decode and encode: twice a model batch (at least 4), as the request threads are
+    # sized (gunicorn_conf.py). The memory budget bounds what they hold together.
+    jobs = ThreadPoolExecutor(max(4, 2 * runtime.max_batch), thread_name_prefix="batch-job")
+    atexit.register(jobs.shutdown, wait=False, cancel_futures=True)
+    app.extensions["u2net"] = ServiceState(settings, root, runtime, remover, jobs)
     _register_routes(app)
     _register_error_handlers(app)
     _register_request_log(app)
@@ -368,7 +371,7 @@ def main() -> int:
     try:
         settings = Settings.from_env()
         app = create_app(settings)
-    except (SettingsError, WeightsError, UnknownModel, FileNotFoundError) as exc:
+    except (SettingsError, ModelLoadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app.run(host=settings.host, port=settings.port, threaded=True)

@@ -22,10 +22,6 @@ from u2net.registry import (
     is_device_name,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent
-
-log = logging.getLogger("u2net_service")
-
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
@@ -70,12 +66,14 @@ def _token(env: Mapping[str, str], name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Settings:
-    # Shared filesystem root that request paths are relative to (OpenClone_OpenCloneFS).
-    fs_root: Path = PROJECT_ROOT / "OpenCloneFS"
+    # Shared filesystem root that request paths are relative to (OpenClone_OpenCloneFS); unset,
+    # ./OpenCloneFS in the working directory (not next to the installed code, which after
+    # `pip install .` is site-packages).
+    fs_root: Path = Path("OpenCloneFS")
     fs_root_from_env: bool = False
     # Model and weights (U2NET_MODEL, U2NET_MODELS_DIR, U2NET_WEIGHTS).
     model: str = "u2net_human_seg"
-    models_dir: Path = PROJECT_ROOT / "saved_models"
+    models_dir: Path = Path("saved_models")  # in the working directory, as fs_root
     weights: Path | None = None
     # Where and how the network runs (U2NET_DEVICE: auto|cpu|cuda|cuda:N; U2NET_ENGINE:
     # auto|torch|onnxruntime, auto = ONNX Runtime on CPU, PyTorch on CUDA; U2NET_PRECISION).
@@ -141,10 +139,10 @@ class Settings:
         if not is_device_name(device):
             raise SettingsError(f"U2NET_DEVICE must be {DEVICES}, got {device!r}")
         return cls(
-            fs_root=root or cls.fs_root,
+            fs_root=root or Path.cwd() / cls.fs_root,
             fs_root_from_env=root is not None,
             model=_choice(env, "U2NET_MODEL", cls.model, tuple(MODELS)),
-            models_dir=_path(env, "U2NET_MODELS_DIR") or cls.models_dir,
+            models_dir=_path(env, "U2NET_MODELS_DIR") or Path.cwd() / cls.models_dir,
             weights=_path(env, "U2NET_WEIGHTS"),
             device=device,
             engine=engine,

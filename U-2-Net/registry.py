@@ -85,7 +85,12 @@ def engine_precision_error(engine: str, precision: str) -> str | None:
     return None
 
 
-class UnknownModel(ValueError):
+class ModelLoadError(Exception):
+    """The configured model cannot be loaded (unknown name, missing or bad weights): the service
+    refuses to start, with a message that says what to do."""
+
+
+class UnknownModel(ModelLoadError, ValueError):
     pass
 
 

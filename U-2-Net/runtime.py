@@ -11,14 +11,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
 
-from .batching import DynamicBatcher
+from .batching import DynamicBatcher, QueueFull
 from .engine import (
     OnnxPredictor,
     TorchPredictor,
@@ -33,6 +35,26 @@ from .transforms import mask_to_size, to_model_input
 from .weights import build_model, file_digest, resolve_weights
 
 log = logging.getLogger(__name__)
+
+
+# The runtime's own errors, for its callers (they need not know the batcher or concurrent.futures).
+Overloaded = QueueFull  # more images are waiting for the network than max_queue allows
+
+
+class TimedOut(TimeoutError):
+    """The network did not answer within the caller's timeout (the image was withdrawn if it had
+    not started)."""
+
+
+class Predictor(Protocol):
+    """What the runtime runs: a batch of model inputs (n, 3, S, S) float32 -> (n, S, S) maps in
+    [0, 1]. TorchPredictor and OnnxPredictor (engine.py) are the two; tests wrap one."""
+
+    device: torch.device
+    precision: str
+    engine: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -70,11 +92,12 @@ def calibration_input(spec: ModelSpec) -> np.ndarray:
 
 
 class ModelRuntime:
-    def __init__(self, spec: ModelSpec, weights_path: Path, predictor, options: RuntimeOptions,
+    def __init__(self, spec: ModelSpec, weights_path: Path, predictor: Predictor,
+                 options: RuntimeOptions,
                  weights_sha256: str | None = None):
         self.spec = spec
         self.weights_path = weights_path
-        self.predictor = predictor  # TorchPredictor or OnnxPredictor
+        self.predictor: Predictor = predictor
         self.options = options
         self.weights_sha256 = weights_sha256 or file_digest(weights_path)
         self.warmup_seconds: float | None = None
@@ -210,7 +233,10 @@ class ModelRuntime:
         t0 = time.perf_counter()
         x = to_model_input(rgb, self.spec)
         t1 = time.perf_counter()
-        pred = self.batcher.run(x, timeout=timeout)
+        try:
+            pred = self.batcher.run(x, timeout=timeout)
+        except FutureTimeout:
+            raise TimedOut(f"the network did not answer within {timeout} s") from None
         t2 = time.perf_counter()
         mask = mask_to_size(pred, rgb.shape[:2])
         if timings is not None:

@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 
 from .model import ARCHITECTURES, U2Net
-from .registry import ModelSpec
+from .registry import ModelLoadError, ModelSpec
 
 log = logging.getLogger(__name__)
 
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / torch.compile wrappers
 
 
-class WeightsError(RuntimeError):
+class WeightsError(ModelLoadError, RuntimeError):
     """Weights missing, unreadable, for the wrong architecture, or failing their checksum."""
 
 

@@ -5,11 +5,21 @@ test (schemathesis) against the live app, so a route and its description cannot 
 """
 from __future__ import annotations
 
+from importlib import metadata
+
 import Image_PostProcesser as post
 
 from .options import FORMATS, MAX_PADDING
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def service_version() -> str:
+    """The one version number: pyproject.toml's, as installed."""
+    try:
+        return metadata.version("u2net-service")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
 
 
 def _errors(*codes: int) -> dict:
@@ -91,7 +101,7 @@ def _spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
     image_types = {t: {"schema": {"type": "string", "format": "binary"}} for t in FORMATS.values()}
     return {
         "openapi": "3.0.3",
-        "info": {"title": "U2-Net background removal", "version": "1.0.0",
+        "info": {"title": "U2-Net background removal", "version": service_version(),
                  "description": "OpenClone-compatible background removal with U2-Net."},
         "paths": {
             "/remove-background": {"post": {

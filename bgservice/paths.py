@@ -15,7 +15,6 @@ a request path is refused, not followed; what was opened is checked (a regular f
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import stat
@@ -36,8 +35,6 @@ from .errors import (
 )
 
 __all__ = ["RequestPath", "SharedRoot", "SourceFile", "atomic_write"]
-
-log = logging.getLogger(__name__)
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _MAX_PATH_CHARS = 4096

@@ -1,21 +1,22 @@
 """The one cut-out pipeline: read, decode, mask, post-process, encode, write atomically."""
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 
 import cv2
 import numpy as np
-from u2net.batching import QueueFull
-from u2net.runtime import ModelRuntime
+from u2net.runtime import ModelRuntime, Overloaded, TimedOut
 
 from .errors import Unavailable
 from .imageio import DecodedImage, decode_image, decode_opened, open_image
 from .limits import Admission, MemoryBudget, Ticket
 from .options import OutputOptions, Rendered, compose_output, encode_output
 from .paths import SharedRoot
+
+log = logging.getLogger(__name__)
 
 
 class Stopwatch:
@@ -91,9 +92,9 @@ class BackgroundRemover:
         """The model's 8-bit mask at the image's size; Unavailable when overloaded."""
         try:
             return self.runtime.mask_for(image.rgb, timeout=self.request_timeout_s, timings=timings)
-        except QueueFull as exc:
+        except Overloaded as exc:
             raise Unavailable(f"the service is busy: {exc}; retry shortly", retry_after=2) from None
-        except FutureTimeout:
+        except TimedOut:
             raise Unavailable("the model did not answer in time; retry shortly", retry_after=5) from None
 
     def warm_up(self, width: int = 1920, height: int = 1080) -> None:
@@ -131,6 +132,7 @@ class BackgroundRemover:
             with watch.stage("decode"):
                 image = decode_opened(opened)
                 del opened  # Pillow's copy of the pixels goes now, not at the end of the request
+            log.debug("decoded a %s image, mode %s, %dx%d", image.format, image.mode, width, height)
             mask = self.mask(image, watch.ms)  # resize, forward, upsample
             ticket.release()
             with watch.stage("compose"):

@@ -4,15 +4,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import PROJECT as PROJECT_ROOT
 
-from GlobalVariables import PROJECT_ROOT, Settings, SettingsError
+from GlobalVariables import Settings, SettingsError
 
 
 def test_defaults():
     s = Settings.from_env({})
     assert s.port == 5002 and s.model == "u2net_human_seg" and s.default_mode == "refine"
-    assert s.fs_root == PROJECT_ROOT / "OpenCloneFS" and not s.fs_root_from_env
-    assert s.models_dir == PROJECT_ROOT / "saved_models" and s.weights is None
+    # In the working directory, not next to the code (site-packages after `pip install .`).
+    assert s.fs_root == Path.cwd() / "OpenCloneFS" and not s.fs_root_from_env
+    assert s.models_dir == Path.cwd() / "saved_models" and s.weights is None
 
 
 def test_environment_overrides():
