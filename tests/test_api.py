@@ -216,7 +216,8 @@ def test_not_ready_is_503_with_retry_after(sandbox, random_weights):
         for response in (client.get("/ready"),
                          client.post("/remove-background", json={"sourceImagePath": "/x.png",
                                                                  "outputImagePath": "/o.png"})):
-            assert response.status_code in (503, 404)
+            # 503 for both: readiness is checked before the (missing) source is looked at
+            assert response.status_code == 503
         save_image(sandbox["root"] / "x.png", photo())
         response = client.post("/remove-background", json={"sourceImagePath": "/x.png",
                                                            "outputImagePath": "/o.png"})

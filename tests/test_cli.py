@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import PROJECT, photo, save_image
+from conftest import photo, save_image
 from PIL import Image
 
 import Image_PostProcesser as post
@@ -101,8 +101,9 @@ def test_bad_options_exit_2(cli, tmp_path, args, message):
 def test_console_script_is_installed():
     script = os.path.join(os.path.dirname(sys.executable), "bgremove")
     done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "remove" in done.stdout and "download" in done.stdout
-    assert PROJECT.exists()
+    assert done.returncode == 0
+    for command in ("download", "models", "remove", "evaluate", "train", "serve"):
+        assert command in done.stdout, command
 
 
 def test_evaluate_compares_models_and_modes_in_one_run(cli, tmp_path, random_weights):
