@@ -32,6 +32,7 @@ from bgservice.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from bgservice.fields import JSON_OPTIONS, PATHS, REMOVE_FIELDS, refuse_unknown
 from bgservice.openapi import openapi_spec
 from bgservice.options import parse_options, resolve_mode
 from bgservice.paths import SharedRoot
@@ -40,7 +41,6 @@ from GlobalVariables import Settings, SettingsError, configure_logging
 
 log = logging.getLogger("u2net_service.api")
 
-REMOVE_FIELDS = ("sourceImagePath", "outputImagePath", "threshold", "mode", "subjectFilter")
 MAX_JSON_BYTES = 64 * 1024
 MAX_BATCH_JOBS = 32
 WEB_DIR = Path(__file__).resolve().parent / "bgservice" / "web"
@@ -131,35 +131,17 @@ def _json_object() -> dict:
     return body
 
 
-def _threshold(body: dict) -> int | None:
-    value = body.get("threshold")
-    if value is None:
-        return None
-    # bool is a subclass of int in Python: reject it explicitly ("threshold": true is a mistake).
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
-        raise BadRequest(f"'threshold' must be an integer from 0 to 255, got {value!r}"[:200])
-    return value
-
-
-def _subject_filter(body: dict) -> bool:
-    value = body.get("subjectFilter", False)
-    if not isinstance(value, bool):
-        raise BadRequest(f"'subjectFilter' must be true or false, got {value!r}"[:200])
-    return value
-
-
 def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str, int | None, bool]:
     """(source, output, mode, threshold, subject filter): remove_paths' arguments."""
-    unknown = sorted(set(body) - set(REMOVE_FIELDS))
-    if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; "
-                         f"expected {', '.join(REMOVE_FIELDS)}"[:300])
-    for name in REMOVE_FIELDS[:2]:
+    refuse_unknown(body, REMOVE_FIELDS, "field")
+    for name in PATHS:
         if name not in body:
             raise BadRequest(f"'{name}' is required")
-    mode, threshold = resolve_mode(body.get("mode"), _threshold(body), default_mode)
+    given = {name: field.from_json(body[name]) if name in body else field.default
+             for name, field in JSON_OPTIONS.items()}
+    mode, threshold = resolve_mode(given["mode"], given["threshold"], default_mode)
     return (body["sourceImagePath"], body["outputImagePath"], mode, threshold,
-            _subject_filter(body))
+            bool(given["subjectFilter"]))
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -268,9 +250,7 @@ def _upload() -> tuple[bytes, dict]:
 
 
 def _batch_jobs(body: dict) -> list:
-    unknown = sorted(set(body) - {"jobs"})
-    if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; expected 'jobs'"[:300])
+    refuse_unknown(body, ("jobs",), "field")
     jobs = body.get("jobs")
     if not isinstance(jobs, list) or not jobs:
         raise BadRequest("'jobs' must be a non-empty list of remove-background requests")

@@ -24,6 +24,8 @@ from u2net.weights import WeightsError, default_weights_path, download
 
 from GlobalVariables import Settings, SettingsError, configure_logging
 
+from .fields import OPTIONS
+
 log = logging.getLogger("u2net_service.cli")
 
 
@@ -124,13 +126,10 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     from .paths import atomic_write
     from .pipeline import BackgroundRemover
 
-    given = {"mode": args.mode, "threshold": None if args.threshold is None else str(args.threshold),
-             "only_mask": "1" if args.only_mask else None, "bg_color": args.bg_color,
-             "crop": "1" if args.crop else None,
-             "padding": None if args.padding is None else str(args.padding), "format": args.format,
-             "subject_filter": "1" if args.subject_filter else None}
-    try:
-        options = parse_options({k: v for k, v in given.items() if v is not None},
+    given = {f.name: getattr(args, f.name) for f in OPTIONS}
+    try:  # as strings, checked with the service's messages
+        options = parse_options({k: str(int(v) if isinstance(v, bool) else v)
+                                 for k, v in given.items() if v not in (None, False)},
                                 settings.default_mode)
     except BadRequest as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -217,16 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output file (one input) or folder (several inputs or a folder); "
                          "default: <name>-nobg.<format> beside each input, <folder>-nobg/ for "
                          "a folder, stdout for stdin")
-    rm.add_argument("--mode", choices=("threshold", "soft", "refine"),
-                    help="output mode (default: refine; a --threshold implies threshold)")
-    rm.add_argument("--threshold", type=int, help="OpenClone threshold 0-255")
-    rm.add_argument("--only-mask", action="store_true", help="write the grayscale mask")
-    rm.add_argument("--bg-color", help="composite onto this colour (#rrggbb or r,g,b)")
-    rm.add_argument("--crop", action="store_true", help="crop to the subject")
-    rm.add_argument("--padding", type=int, help="margin around the crop, in pixels")
-    rm.add_argument("--format", choices=("png", "webp"), default="png")
-    rm.add_argument("--subject-filter", action="store_true",
-                    help="drop disconnected regions under a quarter of the largest one first")
+    for field in OPTIONS:  # the service's options, described once (bgservice/fields.py)
+        field.add_option(rm)
     rm.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     rm.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     rm.add_argument("--model", help="model name (default: $U2NET_MODEL)")

@@ -25,6 +25,8 @@ from PIL import Image
 
 import Image_PostProcesser as post
 
+from .errors import BadRequest
+from .fields import MODE, THRESHOLD
 from .imageio import decode_image
 from .metrics import all_metrics
 
@@ -48,12 +50,13 @@ class ModeSpec:
             raise ValueError(f"unknown addition {extra!r} in {text!r}; only '+filter' exists")
         suffix = "+filter" if plus else ""
         mode, _, value = base.partition(":")
-        if mode not in post.MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(post.MODES)}")
+        try:  # the service's own checks and messages (bgservice.fields)
+            mode = MODE.from_string(mode)
+            threshold = THRESHOLD.from_string(value) if mode == "threshold" else None
+        except BadRequest as exc:
+            raise ValueError(exc.message) from None
         if mode == "threshold":
-            threshold = int(value) if value else post.DEFAULT_THRESHOLD
-            if not 0 <= threshold <= 255:
-                raise ValueError(f"threshold must be 0..255, got {threshold}")
+            threshold = post.DEFAULT_THRESHOLD if threshold is None else threshold
             return cls(f"threshold:{threshold}{suffix}", mode, threshold, bool(plus))
         return cls(mode + suffix, mode, None, bool(plus))
 

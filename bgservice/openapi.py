@@ -9,7 +9,7 @@ from importlib import metadata
 
 import Image_PostProcesser as post
 
-from .options import FORMATS, MAX_PADDING
+from .fields import FORMATS, JSON_OPTIONS, OPTIONS, PATHS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -35,29 +35,14 @@ def _errors(*codes: int) -> dict:
                      "content": {"application/json": {"schema": _ERROR}}} for c in codes}
 
 
-_SUBJECT_FILTER = ("Drop disconnected regions under a quarter of the largest one's area (stray "
-                   "specks, small figures in the background) before the mode is applied")
-
-
 def _option_params() -> list[dict]:
-    def param(name, schema, description):
-        return {"name": name, "in": "query", "required": False, "schema": schema,
-                "description": description}
-
-    return [
-        param("mode", {"type": "string", "enum": list(post.MODES)},
-              "Output mode (default: the service's default, refine; a threshold implies threshold)"),
-        param("threshold", {"type": "integer", "minimum": 0, "maximum": 255},
-              "The OpenClone rule: mask below it becomes transparent"),
-        param("only_mask", {"type": "boolean"}, "Return the grayscale mask instead"),
-        param("bg_color", {"type": "string", "example": "#ffffff"},
-              "Composite onto this colour (#rrggbb or r,g,b) instead of transparency"),
-        param("crop", {"type": "boolean"}, "Crop to the subject's bounding box"),
-        param("padding", {"type": "integer", "minimum": 0, "maximum": MAX_PADDING},
-              "Pixels of margin around the crop"),
-        param("format", {"type": "string", "enum": list(FORMATS)}, "png (default) or lossless webp"),
-        param("subject_filter", {"type": "boolean"}, _SUBJECT_FILTER),
-    ]
+    """The upload endpoint's options, from their one description (bgservice.fields)."""
+    params = []
+    for field in OPTIONS:
+        schema = field.json_schema()
+        params.append({"name": field.name, "in": "query", "required": False,
+                       "description": schema.pop("description"), "schema": schema})
+    return params
 
 
 def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int,
@@ -75,15 +60,14 @@ def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int,
 def _spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
     remove_request = {
         "type": "object",
-        "required": ["sourceImagePath", "outputImagePath"],
+        "required": list(PATHS),
         "additionalProperties": False,
         "properties": {
             "sourceImagePath": {"type": "string", "example": "/Clones/4/clone-image-with-bg.png",
                                 "description": "Relative to the shared root (leading / allowed)"},
             "outputImagePath": {"type": "string", "example": "/Clones/4/clone-image-no-bg.png"},
-            "threshold": {"type": "integer", "minimum": 0, "maximum": 255, "nullable": True},
-            "mode": {"type": "string", "enum": list(post.MODES), "nullable": True},
-            "subjectFilter": {"type": "boolean", "default": False, "description": _SUBJECT_FILTER},
+            **{name: {**field.json_schema(), **({"nullable": True} if field.default is None else {})}
+               for name, field in JSON_OPTIONS.items()},
         },
     }
     remove_result = {

@@ -6,7 +6,6 @@ and `encode_output`: there is one way from a mask to the bytes returned.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -15,16 +14,9 @@ import numpy as np
 import Image_PostProcesser as post
 
 from .errors import BadRequest
+from .fields import FORMATS, MODE, parse_strings, shown
 from .imageio import DecodedImage, encode_webp
 from .png import encode_png
-
-FORMATS = {"png": "image/png", "webp": "image/webp"}
-OPTION_NAMES = ("mode", "threshold", "only_mask", "bg_color", "crop", "padding", "format",
-                "subject_filter")
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
-_HEX = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
-_RGB = re.compile(r"^([0-9]{1,3}) *, *([0-9]{1,3}) *, *([0-9]{1,3})$")
-MAX_PADDING = 10_000
 
 
 @dataclass(frozen=True)
@@ -55,40 +47,6 @@ class Rendered:
     timings_ms: dict
 
 
-def _bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise BadRequest(f"'{name}' must be true or false, got {raw!r}"[:200])
-
-
-def _int(name: str, raw: str, lo: int, hi: int) -> int:
-    try:
-        value = int(raw.strip(), 10)
-    except ValueError:
-        raise BadRequest(f"'{name}' must be an integer from {lo} to {hi}, got {raw!r}"[:200]) from None
-    if not lo <= value <= hi:
-        raise BadRequest(f"'{name}' must be an integer from {lo} to {hi}, got {value}")
-    return value
-
-
-def parse_color(raw: str) -> tuple[int, int, int]:
-    """'#rrggbb', 'rgb' hex shorthand, or 'r,g,b' (0-255 each)."""
-    text = raw.strip()
-    match = _HEX.match(text)
-    if match:
-        digits = match.group(1)
-        if len(digits) == 3:
-            digits = "".join(c * 2 for c in digits)
-        return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
-    match = _RGB.match(text)  # ASCII digits only: str.isdigit() accepts '²', which int() refuses
-    if match and all(int(p) <= 255 for p in match.groups()):
-        return tuple(int(p) for p in match.groups())  # type: ignore[return-value]
-    raise BadRequest(f"'bg_color' must be #rrggbb or r,g,b (0-255), got {raw!r}"[:200])
-
-
 def resolve_mode(mode: object, threshold: int | None, default_mode: str) -> tuple[str, int | None]:
     """(mode, threshold) for every entry point: a threshold always means threshold mode (the
     website's requests keep their meaning); no mode and no threshold means the default mode;
@@ -97,39 +55,22 @@ def resolve_mode(mode: object, threshold: int | None, default_mode: str) -> tupl
     if mode is None:
         mode = "threshold" if threshold is not None else default_mode
     if not isinstance(mode, str) or mode not in post.MODES:
-        raise BadRequest(f"'mode' must be one of {', '.join(post.MODES)}, got {mode!r}"[:200])
+        raise BadRequest(f"{MODE.rule('mode')}, got {shown(mode)}")
     if mode != "threshold":
         if threshold is not None:
-            raise BadRequest(f"'threshold' applies to mode 'threshold' only, not {mode!r}")
+            raise BadRequest(f"'threshold' applies to mode 'threshold' only, not {shown(mode)}")
         return mode, None
     return mode, post.DEFAULT_THRESHOLD if threshold is None else threshold
 
 
 def parse_options(values: Mapping[str, str], default_mode: str) -> OutputOptions:
-    """Options from strings (form fields, query string, command line). BadRequest on bad values.
-
-    A threshold always means threshold mode, as in the JSON API."""
-    # A multipart field without a name arrives under the key None: it is named '' in the error.
-    unknown = sorted(str(k or "") for k in set(values) - set(OPTION_NAMES))
-    if unknown:
-        raise BadRequest(f"unknown option(s) {', '.join(map(repr, unknown))}; "
-                         f"expected {', '.join(OPTION_NAMES)}"[:300])
-    raw_threshold = values.get("threshold")
-    threshold = _int("threshold", raw_threshold, 0, 255) if raw_threshold else None
-    mode, threshold = resolve_mode(values.get("mode") or None, threshold, default_mode)
-    fmt = (values.get("format") or "png").lower()
-    if fmt not in FORMATS:
-        raise BadRequest(f"'format' must be one of {', '.join(FORMATS)}, got {fmt!r}"[:200])
-    bg = values.get("bg_color")
-    return OutputOptions(
-        mode=mode, threshold=threshold,
-        only_mask=_bool("only_mask", values.get("only_mask", "")),
-        bg_color=parse_color(bg) if bg else None,
-        crop=_bool("crop", values.get("crop", "")),
-        padding=_int("padding", values["padding"], 0, MAX_PADDING) if values.get("padding") else 0,
-        format=fmt,
-        subject_filter=_bool("subject_filter", values.get("subject_filter", "")),
-    )
+    """Options from strings (form fields, query string, command line). BadRequest on bad values,
+    with the messages of bgservice.fields. A threshold always means threshold mode, as in the
+    JSON API."""
+    given = parse_strings(values)
+    mode, threshold = resolve_mode(given["mode"], given["threshold"], default_mode)
+    chosen = {k: v for k, v in given.items() if v is not None and k not in ("mode", "threshold")}
+    return OutputOptions(mode=mode, threshold=threshold, **chosen)
 
 
 def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions,

@@ -1,0 +1,193 @@
+"""Every field a cut-out request can carry, described once: name, type, range, default, help.
+
+From these descriptions come the checks and their error messages (JSON values and the strings of
+form fields, query strings and the command line), the OpenAPI description, and the command line's
+options; so the service, its documentation and the CLI cannot drift apart.
+
+JSON names follow the website's style (`subjectFilter`); the upload endpoint and the CLI use the
+snake_case name (`subject_filter`, `--subject-filter`).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import Image_PostProcesser as post
+
+from .errors import BadRequest
+
+FORMATS = {"png": "image/png", "webp": "image/webp"}
+MAX_PADDING = 10_000
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+_HEX = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+_RGB = re.compile(r"^([0-9]{1,3}) *, *([0-9]{1,3}) *, *([0-9]{1,3})$")  # ASCII digits only
+SUBJECT_FILTER_HELP = ("Drop disconnected regions under a quarter of the largest one's area (stray "
+                       "specks, small figures in the background) before the mode is applied")
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A caller's value in a message: repr, shortened (a message must stay readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # snake_case: the upload endpoint's option, and --kebab-case on the command line
+    kind: str  # "choice", "int", "bool" or "color"
+    help: str
+    json_name: str | None = None  # the JSON API's name, where the JSON API has the field
+    choices: tuple[str, ...] = ()
+    lo: int = 0
+    hi: int = 0
+    default: object = None
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def rule(self, name: str) -> str:
+        """What a valid value is, as the error messages say it."""
+        if self.kind == "int":
+            return f"'{name}' must be an integer from {self.lo} to {self.hi}"
+        if self.kind == "bool":
+            return f"'{name}' must be true or false"
+        if self.kind == "color":
+            return f"'{name}' must be #rrggbb or r,g,b (0-255)"
+        return f"'{name}' must be one of {', '.join(self.choices)}"
+
+    def _bad(self, name: str, value: object) -> BadRequest:
+        return BadRequest(f"{self.rule(name)}, got {shown(value)}")
+
+    def from_json(self, value: object):
+        """A JSON value, checked strictly: no strings for numbers, no numbers for booleans (True is
+        an int in Python, and "threshold": true is a mistake); null only where the field has no
+        default of its own (it then means "not given")."""
+        name = self.json_name or self.name
+        if value is None:
+            if self.default is not None:
+                raise self._bad(name, value)
+            return None
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int) or not self.lo <= value <= self.hi:
+                raise self._bad(name, value)
+        elif self.kind == "bool":
+            if not isinstance(value, bool):
+                raise self._bad(name, value)
+        elif self.kind == "choice":
+            if not isinstance(value, str) or value not in self.choices:
+                raise self._bad(name, value)
+        elif not isinstance(value, str):  # a colour: its string forms only
+            raise self._bad(name, value)
+        else:
+            return self.from_string(value)
+        return value
+
+    def from_string(self, raw: str | None):
+        """A string from a form field, a query string or the command line ('' or None: not
+        given, except that an empty boolean means false)."""
+        text = (raw or "").strip()
+        if self.kind == "bool":
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise self._bad(self.name, raw)
+        if not text:
+            return None
+        parse = {"int": self._int, "color": _color, "choice": self._choice}[self.kind]
+        value = parse(text)
+        if value is None:
+            raise self._bad(self.name, raw)
+        return value
+
+    def _int(self, text: str) -> int | None:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            return None
+        if not self.lo <= value <= self.hi:
+            raise BadRequest(f"{self.rule(self.name)}, got {value}")
+        return value
+
+    def _choice(self, text: str) -> str | None:
+        value = text.lower() if self.name == "format" else text
+        if value not in self.choices:
+            raise self._bad(self.name, value)
+        return value
+
+    # -- descriptions ------------------------------------------------------------------------
+
+    def json_schema(self) -> dict:
+        if self.kind == "int":
+            schema = {"type": "integer", "minimum": self.lo, "maximum": self.hi}
+        elif self.kind == "bool":
+            schema = {"type": "boolean"}
+        elif self.kind == "color":
+            schema = {"type": "string", "example": "#ffffff"}
+        else:
+            schema = {"type": "string", "enum": list(self.choices)}
+        if self.default is not None:
+            schema["default"] = self.default
+        return {**schema, "description": self.help}
+
+    def add_option(self, parser: argparse.ArgumentParser) -> None:
+        """This field as a command-line option (strings: checked by from_string, with the same
+        messages as the service's)."""
+        flag = "--" + self.name.replace("_", "-")
+        if self.kind == "bool":
+            parser.add_argument(flag, action="store_true", help=self.help)
+        else:
+            parser.add_argument(flag, choices=self.choices or None, help=self.help)
+
+
+def _color(text: str) -> tuple[int, int, int] | None:
+    """'#rrggbb', 'rgb' hex shorthand, or 'r,g,b' (0-255 each); None if it is none of them."""
+    match = _HEX.match(text)
+    if match:
+        digits = match.group(1)
+        if len(digits) == 3:
+            digits = "".join(c * 2 for c in digits)
+        return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+    match = _RGB.match(text)
+    if match and all(int(p) <= 255 for p in match.groups()):
+        return tuple(int(p) for p in match.groups())  # type: ignore[return-value]
+    return None
+
+
+MODE = Field("mode", "choice", "Output mode (default: the service's default mode, refine; a "
+             "threshold implies threshold)", json_name="mode", choices=post.MODES)
+THRESHOLD = Field("threshold", "int", "The OpenClone rule: mask values below it become fully "
+                  "transparent (0 keeps everything); implies mode threshold",
+                  json_name="threshold", lo=0, hi=255)
+SUBJECT_FILTER = Field("subject_filter", "bool", SUBJECT_FILTER_HELP, json_name="subjectFilter",
+                       default=False)
+OPTIONS: tuple[Field, ...] = (
+    MODE, THRESHOLD,
+    Field("only_mask", "bool", "Return the 8-bit grayscale mask instead of the cut-out"),
+    Field("bg_color", "color", "Composite onto this colour (#rrggbb or r,g,b) instead of "
+          "transparency"),
+    Field("crop", "bool", "Crop to the subject's bounding box"),
+    Field("padding", "int", "Pixels of margin around the crop", lo=0, hi=MAX_PADDING),
+    Field("format", "choice", "png (default) or lossless webp", choices=tuple(FORMATS)),
+    SUBJECT_FILTER,
+)
+# The JSON API's cut-out fields (besides the two paths), by their JSON names.
+JSON_OPTIONS: dict[str, Field] = {f.json_name: f for f in OPTIONS if f.json_name}
+PATHS = ("sourceImagePath", "outputImagePath")
+REMOVE_FIELDS = (*PATHS, *(f.json_name for f in OPTIONS if f.json_name))
+
+
+def refuse_unknown(given: Iterable[object], allowed: Iterable[str], noun: str) -> None:
+    """BadRequest naming what is not in `allowed` (a typo such as "treshold" must not silently
+    mean the default)."""
+    allowed = tuple(allowed)
+    # A multipart field without a name arrives under the key None: it is named '' here.
+    unknown = sorted(str(k or "") for k in set(given) - set(allowed))
+    if unknown:
+        names = ", ".join(shown(k, 40) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise BadRequest(f"unknown {noun}(s) {names}; expected {', '.join(allowed)}")
+
+
+def parse_strings(values: Mapping[str, str]) -> dict:
+    """{option name: value} from strings (form fields, query string, command line)."""
+    refuse_unknown(values, (f.name for f in OPTIONS), "option")
+    return {f.name: f.from_string(values.get(f.name)) for f in OPTIONS}
