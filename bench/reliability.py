@@ -60,6 +60,7 @@ from helpers import (  # noqa: E402
     dockerfile_cmd,
     files_under,
     free_port,
+    poll_ready,
     status_kb,
     worker_pids,
 )
@@ -119,17 +120,10 @@ class Server:
 
     def wait_ready(self, timeout: float = 180) -> None:
         """Until /ready says 200 (at start, and after a worker is killed and replaced)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(Path(self.log.name).read_text()[-2000:])
-            try:
-                if requests.get(f"{self.base}/ready", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the server never became ready")
+        try:
+            poll_ready(self.proc, self.base, timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}:\n{Path(self.log.name).read_text()[-2000:]}") from None
 
     def worker(self) -> int:
         return worker_pids(self.proc.pid)[0]

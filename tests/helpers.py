@@ -70,13 +70,14 @@ def wait_for_exit(proc: subprocess.Popen, timeout: float = 90) -> str:
     return stop(proc)
 
 
-def wait_until_ready(proc, base: str, timeout: float = 120) -> list[int]:
-    """Poll /ready; return the statuses seen (503s while warming, then 200)."""
+def poll_ready(proc: subprocess.Popen, base: str, timeout: float = 120) -> list[int]:
+    """Poll /ready until it says 200; the statuses seen (503s while warming, then 200). Raises
+    RuntimeError when the process exits first, TimeoutError when it never gets ready."""
     seen = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"server exited early:\n{stop(proc)}")
+            raise RuntimeError(f"the server exited with status {proc.returncode}")
         try:
             status = requests.get(f"{base}/ready", timeout=2).status_code
             seen.append(status)
@@ -85,7 +86,15 @@ def wait_until_ready(proc, base: str, timeout: float = 120) -> list[int]:
         except requests.RequestException:  # refused while booting, or a read timeout
             pass
         time.sleep(0.1)
-    pytest.fail(f"server never became ready:\n{stop(proc)}")
+    raise TimeoutError(f"the server was not ready within {timeout} s")
+
+
+def wait_until_ready(proc, base: str, timeout: float = 120) -> list[int]:
+    """poll_ready, failing the test with the server's log."""
+    try:
+        return poll_ready(proc, base, timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"{exc}:\n{stop(proc)}")
 
 
 def files_under(folder: Path) -> dict:
@@ -194,16 +203,10 @@ class LocalProduction:
             start_new_session=True)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.stop()
-            try:
-                if requests.get(f"{self.base}/ready", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"never ready:\n{self.stop()}")
+        try:
+            poll_ready(self.proc, self.base, timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{exc}:\n{self.stop()}")
 
     def stop(self) -> str:
         if self.proc.poll() is None:
