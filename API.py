@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Flask, Response, current_app, g, jsonify, request, send_from_directory
-from u2net.memory import limit_malloc_arenas
 from u2net.registry import ModelLoadError
 from u2net.runtime import ModelRuntime
 from werkzeug.exceptions import HTTPException
@@ -37,6 +36,7 @@ from bgservice.openapi import openapi_spec
 from bgservice.options import parse_options, resolve_mode
 from bgservice.paths import SharedRoot
 from bgservice.pipeline import BackgroundRemover
+from bgservice.service import assemble
 from GlobalVariables import Settings, SettingsError, configure_logging
 
 log = logging.getLogger("u2net_service.api")
@@ -56,34 +56,12 @@ class ServiceState:
     jobs: ThreadPoolExecutor  # batch jobs, side by side (see create_app)
 
 
-def open_shared_root(settings: Settings) -> SharedRoot:
-    """The shared filesystem root; a local folder (created, and logged) when the variable is unset."""
-    if not settings.fs_root_from_env:
-        settings.fs_root.mkdir(parents=True, exist_ok=True)
-        log.warning("OpenClone_OpenCloneFS is not set; using the local folder %s", settings.fs_root)
-    elif not settings.fs_root.is_dir():
-        raise SettingsError(f"OpenClone_OpenCloneFS={settings.fs_root} is not a directory")
-    root = SharedRoot(settings.fs_root)
-    log.info("shared filesystem root: %s", root.root)
-    return root
-
-
 def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = None,
                *, warm_up_in_background: bool = True) -> Flask:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
-    limit_malloc_arenas()  # before the request threads exist: keeps RSS flat over time
-    root = open_shared_root(settings)
-    own_runtime = runtime is None
-    if own_runtime:
-        try:
-            runtime = ModelRuntime.load(settings.runtime_options())
-        except ModelLoadError as exc:
-            log.error("refusing to start: %s", exc)
-            raise
-    remover = BackgroundRemover.from_settings(runtime, settings)
-    if own_runtime:
-        runtime.start(background=warm_up_in_background, then=remover.warm_up)
+    service = assemble(settings, runtime, background=warm_up_in_background)
+    runtime = service.runtime
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes  # JSON routes lower it to 64 KiB
@@ -93,7 +71,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     # sized (gunicorn_conf.py). The memory budget bounds what they hold together.
     jobs = ThreadPoolExecutor(max(4, 2 * runtime.max_batch), thread_name_prefix="batch-job")
     atexit.register(jobs.shutdown, wait=False, cancel_futures=True)
-    app.extensions["u2net"] = ServiceState(settings, root, runtime, remover, jobs)
+    app.extensions["u2net"] = ServiceState(settings, service.root, runtime, service.remover, jobs)
     _register_routes(app)
     _register_error_handlers(app)
     _register_request_log(app)

@@ -49,14 +49,14 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _load_runtime(settings: Settings, model: str | None = None, weights: Path | None = None):
-    """A warm model for a command: the service's settings, with --model / --weights on top."""
-    from u2net.runtime import ModelRuntime
+def _load_service(settings: Settings, model: str | None = None, weights: Path | None = None):
+    """The service for a command (warm, no shared root): the settings, with --model / --weights
+    on top."""
+    from .service import assemble
 
     changes = {k: v for k, v in (("model", model), ("weights", weights)) if v}
-    runtime = ModelRuntime.load(settings.with_(**changes).runtime_options())
-    runtime.start(background=False)
-    return runtime
+    return assemble(settings.with_(**changes), shared_root=False, background=False,
+                    warm_up_pipeline=False)
 
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
@@ -71,7 +71,7 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     models = [m.partition("=") for m in (args.model or [settings.model])]
     rows, sheet = [], []
     for name, _, weights in models:
-        runtime = _load_runtime(settings, name, Path(weights) if weights else args.weights)
+        runtime = _load_service(settings, name, Path(weights) if weights else args.weights).runtime
         label = (f"{name}:{Path(weights).stem}/" if weights else f"{name}/") if len(models) > 1 else ""
         these, _, these_sheet = evaluate(args.data, modes, runtime.mask_for, label=label)
         rows += these
@@ -124,7 +124,6 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     from .errors import BadRequest, ServiceError
     from .options import parse_options
     from .paths import atomic_write
-    from .pipeline import BackgroundRemover
 
     given = {f.name: getattr(args, f.name) for f in OPTIONS}
     try:  # as strings, checked with the service's messages
@@ -140,8 +139,8 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     todo = [(s, d) for s, d in plan if d == "-" or args.overwrite or not Path(d).exists()]
     skipped = len(plan) - len(todo)
-    runtime = _load_runtime(settings, args.model, args.weights)
-    remover = BackgroundRemover.from_settings(runtime, settings)
+    service = _load_service(settings, args.model, args.weights)
+    runtime, remover = service.runtime, service.remover
     failed = 0
     bar = tqdm(todo, unit="image", file=sys.stderr, disable=args.quiet or len(todo) < 2)
     for src, dst in bar:
@@ -183,9 +182,10 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import API
-
-    return API.main()
+    """The development server, API.py, run as its own program: the core (this package) never
+    imports the HTTP layer."""
+    os.execv(sys.executable, [sys.executable, "-m", "API"])
+    return 0  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -191,12 +191,14 @@ def test_docker_base_image_matches_the_torch_wheels_cuda():
     assert int(base.group(1)) == TORCH_WHEEL_CUDA_MAJOR[pin.group(1)]
 
 
-def test_development_server_runs_on_port(sandbox, random_weights):
+@pytest.mark.parametrize("command", [["API.py"], ["-m", "bgservice.cli", "serve"]])
+def test_development_server_runs_on_port(sandbox, random_weights, command):
+    """`python API.py` and `bgremove serve` (which runs API.py as its own program)."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "OpenClone_OpenCloneFS": str(sandbox["root"]),
            "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights), "U2NET_DEVICE": "cpu",
            "U2NET_CACHE_DIR": str(PROJECT / ".pytest-onnx-cache")}
-    proc = subprocess.Popen([sys.executable, "API.py"], cwd=PROJECT, env=env,
+    proc = subprocess.Popen([sys.executable, *command], cwd=PROJECT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

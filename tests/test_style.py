@@ -15,3 +15,13 @@ def test_ruff_finds_nothing():
     result = subprocess.run([str(ruff), "check", "--no-cache", "."], cwd=PROJECT, capture_output=True,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_the_core_never_imports_the_http_layer():
+    """bgservice and u2net are the core; API.py (Flask routes) builds on them, never the reverse."""
+    import re
+
+    offenders = [str(path.relative_to(PROJECT)) for folder in ("bgservice", "U-2-Net")
+                 for path in (PROJECT / folder).rglob("*.py")
+                 if re.search(r"^\s*(import API\b|from API import)", path.read_text(), re.MULTILINE)]
+    assert offenders == []

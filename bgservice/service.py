@@ -1,0 +1,62 @@
+"""The service assembled in one place: settings -> shared root, model runtime, remover.
+
+The HTTP app (API.create_app), the command line (bgremove) and the tests all build what they
+serve with `assemble`, so the runtime and the remover are put together one way only.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from u2net.memory import limit_malloc_arenas
+from u2net.registry import ModelLoadError
+from u2net.runtime import ModelRuntime
+
+from GlobalVariables import Settings, SettingsError
+
+from .paths import SharedRoot
+from .pipeline import BackgroundRemover
+
+log = logging.getLogger("u2net_service")
+
+
+@dataclass(frozen=True)
+class Service:
+    settings: Settings
+    root: SharedRoot | None  # None for the command line, which reads and writes local files
+    runtime: ModelRuntime
+    remover: BackgroundRemover
+
+
+def open_shared_root(settings: Settings) -> SharedRoot:
+    """The shared filesystem root; a local folder (created, and logged) when the variable is unset."""
+    if not settings.fs_root_from_env:
+        settings.fs_root.mkdir(parents=True, exist_ok=True)
+        log.warning("OpenClone_OpenCloneFS is not set; using the local folder %s", settings.fs_root)
+    elif not settings.fs_root.is_dir():
+        raise SettingsError(f"OpenClone_OpenCloneFS={settings.fs_root} is not a directory")
+    root = SharedRoot(settings.fs_root)
+    log.info("shared filesystem root: %s", root.root)
+    return root
+
+
+def assemble(settings: Settings, runtime: ModelRuntime | None = None, *, shared_root: bool = True,
+             background: bool = True, warm_up_pipeline: bool = True) -> Service:
+    """The service for `settings`. Without `runtime`, the model is loaded (ModelLoadError when it
+    cannot be) and warmed up, in a background thread unless `background` is off; a given runtime
+    is used as it is (tests share one warm runtime). `warm_up_pipeline`: also run a synthetic
+    photo through decode, post-processing and encode before reporting ready (a server's first
+    request then finds them warm; a one-off command need not wait for that)."""
+    limit_malloc_arenas()  # before the request threads exist: keeps RSS flat over time
+    root = open_shared_root(settings) if shared_root else None
+    own_runtime = runtime is None
+    if own_runtime:
+        try:
+            runtime = ModelRuntime.load(settings.runtime_options())
+        except ModelLoadError as exc:
+            log.error("refusing to start: %s", exc)
+            raise
+    remover = BackgroundRemover.from_settings(runtime, settings)
+    if own_runtime:
+        runtime.start(background=background, then=remover.warm_up if warm_up_pipeline else None)
+    return Service(settings, root, runtime, remover)
