@@ -353,6 +353,7 @@ def test_overload_is_503_with_retry_after(sandbox, random_weights, runtime):
         busy.close()
 
 
+@pytest.mark.slow
 def test_concurrent_requests_all_produce_correct_files(client, sandbox, runtime):
     sources = {i: save_image(sandbox["root"] / f"in/{i}.png", photo(90 + 10 * i, 70, seed=i))
                for i in range(6)}

@@ -27,12 +27,14 @@ def test_onnxruntime_equals_pytorch_on_the_real_weights(tmp_path):
     assert np.abs(ort_masks - torch_masks).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_export_leaves_the_network_in_eval_mode(random_weights):
     net = build_model(SPEC, random_weights)
     engine.export_onnx(net, 64)
     assert not any(m.training for m in net.modules())
 
 
+@pytest.mark.slow
 def test_exports_are_cached_by_weights(random_weights, tmp_path):
     builds = []
 

@@ -119,6 +119,7 @@ def test_cli_download_shows_progress_and_lands_where_the_service_looks(server, t
     assert again.returncode == 0 and "already exists" in again.stdout
 
 
+@pytest.mark.slow
 def test_cli_download_failure_exits_1_with_one_clear_line(server, tmp_path):
     base, _ = server
     env = {"PATH": "/usr/bin:/bin", "U2NET_MODELS_DIR": str(tmp_path)}
