@@ -33,9 +33,9 @@ from bgservice.errors import (
 )
 from bgservice.fields import JSON_OPTIONS, PATHS, REMOVE_FIELDS, refuse_unknown
 from bgservice.openapi import openapi_spec
-from bgservice.options import parse_options, resolve_mode
+from bgservice.options import OutputOptions, parse_options, resolve_mode
 from bgservice.paths import SharedRoot
-from bgservice.pipeline import BackgroundRemover
+from bgservice.pipeline import BackgroundRemover, PathJob, PathResult
 from bgservice.service import assemble
 from GlobalVariables import Settings, SettingsError, configure_logging
 
@@ -109,8 +109,7 @@ def _json_object() -> dict:
     return body
 
 
-def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str, int | None, bool]:
-    """(source, output, mode, threshold, subject filter): remove_paths' arguments."""
+def _parse_remove_request(body: dict, default_mode: str) -> PathJob:
     refuse_unknown(body, REMOVE_FIELDS, "field")
     for name in PATHS:
         if name not in body:
@@ -118,8 +117,17 @@ def _parse_remove_request(body: dict, default_mode: str) -> tuple[str, str, str,
     given = {name: field.from_json(body[name]) if name in body else field.default
              for name, field in JSON_OPTIONS.items()}
     mode, threshold = resolve_mode(given["mode"], given["threshold"], default_mode)
-    return (body["sourceImagePath"], body["outputImagePath"], mode, threshold,
-            bool(given["subjectFilter"]))
+    options = OutputOptions(mode=mode, threshold=threshold, subject_filter=given["subjectFilter"])
+    return PathJob(body["sourceImagePath"], body["outputImagePath"], options)
+
+
+def _result_json(result: PathResult) -> dict:
+    """The website's answer (any JSON object is success to it; these are for people and logs)."""
+    options = result.job.options
+    return {"outputImagePath": result.job.output, "width": result.width,
+            "height": result.height, "mode": options.mode, "threshold": options.threshold,
+            "subjectFilter": options.subject_filter, "model": result.model,
+            "bytes": result.bytes, "timings_ms": result.timings_ms}
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -158,8 +166,7 @@ def _register_cutouts(app: Flask) -> None:
     def remove_background():
         state = _state()
         job = _parse_remove_request(_json_object(), state.settings.default_mode)
-        result = state.remover.remove_paths(state.root, *job)
-        return jsonify(result)
+        return jsonify(_result_json(state.remover.remove_paths(state.root, job)))
 
     @app.post("/remove-background/batch")
     def remove_background_batch():
@@ -242,8 +249,8 @@ def _run_job(state: ServiceState, index: int, job: object) -> dict:
         if not isinstance(job, dict):
             raise BadRequest("each job must be a JSON object like the single call's body")
         result = state.remover.remove_paths(
-            state.root, *_parse_remove_request(job, state.settings.default_mode))
-        return {"index": index, "status": 200, "result": result}
+            state.root, _parse_remove_request(job, state.settings.default_mode))
+        return {"index": index, "status": 200, "result": _result_json(result)}
     except ServiceError as exc:
         return {"index": index, "status": exc.status, "error": exc.message}
     except Exception:  # one job's bug must not fail its neighbours; the log has the traceback

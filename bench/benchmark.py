@@ -48,13 +48,15 @@ from u2net.model import ARCHITECTURES
 from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, RuntimeOptions
 
+from bgservice.options import OutputOptions
 from bgservice.paths import SharedRoot
-from bgservice.pipeline import BackgroundRemover
+from bgservice.pipeline import BackgroundRemover, PathJob
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
 OUT = PROJECT / "bench" / "out"
 
+EVERYTHING = OutputOptions(mode="threshold", threshold=0)  # keeps every pixel: the encoder works
 CASES = [("640x480 JPEG", (640, 480), "jpg"), ("1920x1080 JPEG", (1920, 1080), "jpg"),
          ("1920x1080 PNG", (1920, 1080), "png"), ("4000x3000 JPEG", (4000, 3000), "jpg")]
 STAGES = ("read", "decode", "resize", "forward", "upsample", "compose", "encode", "write")
@@ -125,10 +127,10 @@ def in_process(remover, root, paths, repeat) -> dict:
         stage_runs, totals = [], []
         for i in range(repeat + 1):
             t = time.perf_counter()
-            out = remover.remove_paths(root, path, f"/bench/out-{i % 2}.png", "threshold", 0)
+            out = remover.remove_paths(root, PathJob(path, f"/bench/out-{i % 2}.png", EVERYTHING))
             if i:  # the first run of each size is a warm-up
                 totals.append((time.perf_counter() - t) * 1000)
-                stage_runs.append(out["timings_ms"])
+                stage_runs.append(out.timings_ms)
         results[name] = {"total": statistics.median(totals),
                          **{s: statistics.median(r.get(s, 0.0) for r in stage_runs) for s in STAGES}}
     return results

@@ -16,8 +16,9 @@ from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, RuntimeOptions
 from u2net.weights import build_model
 
+from bgservice.options import OutputOptions
 from bgservice.paths import SharedRoot
-from bgservice.pipeline import BackgroundRemover
+from bgservice.pipeline import BackgroundRemover, PathJob
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_WEIGHTS = SHARED / "models" / "u2netp" / "u2netp.pth"
@@ -48,9 +49,8 @@ def compare(paths: dict, root: Path, tmp: Path, repeat: int) -> dict:
     for name in ("1920x1080 JPEG", "4000x3000 JPEG"):
         path = paths[name]
         theirs_ms = median_ms(lambda path=path: run_rembg(path), repeat)
-        ours_ms = median_ms(lambda path=path: ours.remove_paths(shared_root, path, "/bench/ours.png",
-                                                        "threshold", 200),
-                             repeat)
+        job = PathJob(path, "/bench/ours.png", OutputOptions(mode="threshold", threshold=200))
+        ours_ms = median_ms(lambda job=job: ours.remove_paths(shared_root, job), repeat)
         results[name] = {"rembg_ms": theirs_ms, "ours_ms": ours_ms, "speedup": theirs_ms / ours_ms}
         print(f"  {name}: rembg {theirs_ms:.0f} ms, ours {ours_ms:.0f} ms, "
               f"ours is {theirs_ms / ours_ms:.2f}x faster")

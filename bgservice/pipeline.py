@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -50,6 +51,25 @@ def memory_needed(pixels: int, options: OutputOptions, source_bytes: int) -> int
     if options.bg_color is not None and not options.only_mask:
         per_pixel += BG_COLOR_BYTES_PER_PIXEL
     return pixels * per_pixel + source_bytes
+
+
+@dataclass(frozen=True)
+class PathJob:
+    """One website call: paths relative to the shared root, and what to make."""
+
+    source: str
+    output: str
+    options: OutputOptions
+
+
+@dataclass(frozen=True)
+class PathResult:
+    job: PathJob
+    width: int
+    height: int
+    model: str
+    bytes: int  # of the file written
+    timings_ms: dict
 
 
 class BackgroundRemover:
@@ -147,11 +167,10 @@ class BackgroundRemover:
                 deliver(rendered)
         return rendered
 
-    def remove_paths(self, root: SharedRoot, source: str, output: str, mode: str,
-                     threshold: int | None, subject_filter: bool = False) -> dict:
-        """The website's call: cut out `source` into `output` (both relative to `root`)."""
-        src_path = root.parse(source, "sourceImagePath")
-        dst_path = root.parse(output, "outputImagePath")
+    def remove_paths(self, root: SharedRoot, job: PathJob) -> PathResult:
+        """The website's call: cut out `job.source` into `job.output` (both relative to `root`)."""
+        src_path = root.parse(job.source, "sourceImagePath")
+        dst_path = root.parse(job.output, "outputImagePath")
         self.check_ready()  # before reading: a cold service answers 503 without touching the file
         watch = Stopwatch()
         with self.admission.ticket() as ticket:  # a busy service refuses before reading
@@ -163,16 +182,6 @@ class BackgroundRemover:
                 with watch.stage("write"):
                     root.write_output(dst_path, rendered.data, src.identity)
 
-            options = OutputOptions(mode=mode, threshold=threshold, subject_filter=subject_filter)
-            rendered = self._render(src.data, options, ticket, False, watch, deliver=write)
-        return {
-            "outputImagePath": output,
-            "width": rendered.width,
-            "height": rendered.height,
-            "mode": mode,
-            "threshold": threshold,
-            "subjectFilter": subject_filter,
-            "model": self.runtime.spec.name,
-            "bytes": len(rendered.data),
-            "timings_ms": watch.ms,
-        }
+            rendered = self._render(src.data, job.options, ticket, False, watch, deliver=write)
+        return PathResult(job, rendered.width, rendered.height, self.runtime.spec.name,
+                          len(rendered.data), watch.ms)
