@@ -3,10 +3,12 @@
 Development:  python API.py
 Production:   gunicorn -c gunicorn_conf.py   (what the Dockerfile runs)
 
-`create_app` is an application factory: it reads the settings, loads the model once for this
-process (a gunicorn worker, after fork), starts its warm-up, and returns the app. Routes stay thin:
+`create_app` is an application factory: it reads the settings, assembles the service once for
+this process (bgservice.service.assemble: a gunicorn worker loads the model after fork and warms
+it up), registers the routes (the `routes` Blueprint) and returns the app. Routes stay thin:
 validate the request, call the core (bgservice), return JSON. Every error becomes
 {"error": "<plain message>"} with its status code in one place, `_register_error_handlers`.
+This module is the HTTP layer: the core never imports it.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, Response, current_app, g, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
 from u2net.registry import ModelLoadError
 from u2net.runtime import ModelRuntime
 from werkzeug.exceptions import HTTPException
@@ -72,7 +74,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     jobs = ThreadPoolExecutor(max(4, 2 * runtime.max_batch), thread_name_prefix="batch-job")
     atexit.register(jobs.shutdown, wait=False, cancel_futures=True)
     app.extensions["u2net"] = ServiceState(settings, service.root, runtime, service.remover, jobs)
-    _register_routes(app)
+    app.register_blueprint(routes)
     _register_error_handlers(app)
     _register_request_log(app)
     return app
@@ -132,87 +134,88 @@ def _result_json(result: PathResult) -> dict:
 
 # -- routes -------------------------------------------------------------------------------------
 
-def _register_routes(app: Flask) -> None:
-    _register_probes(app)
-    _register_cutouts(app)
-    _register_documentation(app)
+# The routes, as a Blueprint (the Flask tutorial's layout): create_app registers them.
+routes = Blueprint("u2net", __name__)
 
 
-def _register_probes(app: Flask) -> None:
-    @app.get("/health")
-    def health():
-        """200 while the process can serve or is still warming up; 503 once the model has failed
-        (runtime.error), so that a liveness probe restarts it: it would never serve again."""
-        error = _state().runtime.error
-        if error:
-            return jsonify(status="failed", error=error), 503
-        return jsonify(status="ok")
-
-    @app.get("/ready")
-    def ready():
-        """200 once the model is loaded and warm; 503 with Retry-After until then."""
-        state = _state()
-        state.remover.check_ready()
-        return jsonify(ready=True, model=state.runtime.spec.name)
-
-    @app.get("/model-info")
-    def model_info():
-        state = _state()
-        return jsonify({**state.runtime.info(), "limits": state.remover.limits_info()})
+@routes.get("/health")
+def health():
+    """200 while the process can serve or is still warming up; 503 once the model has failed
+    (runtime.error), so that a liveness probe restarts it: it would never serve again."""
+    error = _state().runtime.error
+    if error:
+        return jsonify(status="failed", error=error), 503
+    return jsonify(status="ok")
 
 
-def _register_cutouts(app: Flask) -> None:
-    @app.post("/remove-background")
-    def remove_background():
-        state = _state()
-        job = _parse_remove_request(_json_object(), state.settings.default_mode)
-        return jsonify(_result_json(state.remover.remove_paths(state.root, job)))
-
-    @app.post("/remove-background/batch")
-    def remove_background_batch():
-        """Several website calls in one request; each job succeeds or fails on its own."""
-        state = _state()
-        jobs = _batch_jobs(_json_object())
-        outcomes = list(state.jobs.map(lambda job: _run_job(state, *job), enumerate(jobs)))
-        failed = sum(1 for o in outcomes if o["status"] != 200)
-        return jsonify(succeeded=len(outcomes) - failed, failed=failed, jobs=outcomes)
-
-    @app.post("/api/remove")
-    def api_remove():
-        """Upload an image (multipart `file` or the raw body); get the cut-out's bytes back."""
-        state = _state()
-        data, values = _upload()
-        options = parse_options(values, state.settings.default_mode)
-        rendered = state.remover.process(data, options, want_bbox=True)
-        response = Response(rendered.data, mimetype=rendered.content_type)
-        bbox = ",".join(map(str, rendered.bbox)) if rendered.bbox else "none"
-        response.headers.update({
-            "X-Image-Size": f"{rendered.width}x{rendered.height}",
-            "X-Source-Size": f"{rendered.source_width}x{rendered.source_height}",
-            "X-Bounding-Box": bbox,
-            "X-Mode": "mask" if options.only_mask else options.mode,
-            "X-Model": state.runtime.spec.name,
-            "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in rendered.timings_ms.items()),
-            "Content-Disposition": f'inline; filename="cutout.{options.format}"',
-        })
-        if options.mode == "threshold":
-            response.headers["X-Threshold"] = str(options.threshold)
-        return response
+@routes.get("/ready")
+def ready():
+    """200 once the model is loaded and warm; 503 with Retry-After until then."""
+    state = _state()
+    state.remover.check_ready()
+    return jsonify(ready=True, model=state.runtime.spec.name)
 
 
-def _register_documentation(app: Flask) -> None:
-    @app.get("/openapi.json")
-    def openapi():
-        return jsonify(openapi_spec(_state().settings, MAX_BATCH_JOBS, MAX_JSON_BYTES, PUBLIC_PATHS))
+@routes.get("/model-info")
+def model_info():
+    state = _state()
+    return jsonify({**state.runtime.info(), "limits": state.remover.limits_info()})
 
-    @app.get("/")
-    def web_page():
-        """A page for trying it by hand (no external resources: works offline)."""
-        return send_from_directory(WEB_DIR, "index.html")
 
-    for name in WEB_FILES:  # the page's script and style (a strict CSP allows no inline code)
-        app.add_url_rule(f"/web/{name}", f"web_{name}",
-                         lambda name=name: send_from_directory(WEB_DIR, name), methods=["GET"])
+@routes.post("/remove-background")
+def remove_background():
+    state = _state()
+    job = _parse_remove_request(_json_object(), state.settings.default_mode)
+    return jsonify(_result_json(state.remover.remove_paths(state.root, job)))
+
+
+@routes.post("/remove-background/batch")
+def remove_background_batch():
+    """Several website calls in one request; each job succeeds or fails on its own."""
+    state = _state()
+    jobs = _batch_jobs(_json_object())
+    outcomes = list(state.jobs.map(lambda job: _run_job(state, *job), enumerate(jobs)))
+    failed = sum(1 for o in outcomes if o["status"] != 200)
+    return jsonify(succeeded=len(outcomes) - failed, failed=failed, jobs=outcomes)
+
+
+@routes.post("/api/remove")
+def api_remove():
+    """Upload an image (multipart `file` or the raw body); get the cut-out's bytes back."""
+    state = _state()
+    data, values = _upload()
+    options = parse_options(values, state.settings.default_mode)
+    rendered = state.remover.process(data, options, want_bbox=True)
+    response = Response(rendered.data, mimetype=rendered.content_type)
+    bbox = ",".join(map(str, rendered.bbox)) if rendered.bbox else "none"
+    response.headers.update({
+        "X-Image-Size": f"{rendered.width}x{rendered.height}",
+        "X-Source-Size": f"{rendered.source_width}x{rendered.source_height}",
+        "X-Bounding-Box": bbox,
+        "X-Mode": "mask" if options.only_mask else options.mode,
+        "X-Model": state.runtime.spec.name,
+        "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in rendered.timings_ms.items()),
+        "Content-Disposition": f'inline; filename="cutout.{options.format}"',
+    })
+    if options.mode == "threshold":
+        response.headers["X-Threshold"] = str(options.threshold)
+    return response
+
+
+@routes.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_spec(_state().settings, MAX_BATCH_JOBS, MAX_JSON_BYTES, PUBLIC_PATHS))
+
+
+@routes.get("/")
+def web_page():
+    """A page for trying it by hand (no external resources: works offline)."""
+    return send_from_directory(WEB_DIR, "index.html")
+
+
+for _name in WEB_FILES:  # the page's script and style (a strict CSP allows no inline code)
+    routes.add_url_rule(f"/web/{_name}", "web_" + _name.replace(".", "_"),
+                        lambda name=_name: send_from_directory(WEB_DIR, name), methods=["GET"])
 
 
 def _upload() -> tuple[bytes, dict]:
