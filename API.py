@@ -67,12 +67,13 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes  # JSON routes lower it to 64 KiB
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # the default provider's setting
     # Batch jobs run side by side so that the batcher can put them into one forward pass while
     # others decode and encode: twice a model batch (at least 4), as the request threads are
     # sized (gunicorn_conf.py). The memory budget bounds what they hold together.
     jobs = ThreadPoolExecutor(max(4, 2 * runtime.max_batch), thread_name_prefix="batch-job")
     atexit.register(jobs.shutdown, wait=False, cancel_futures=True)
+    assert service.root is not None  # assembled with the shared root
     app.extensions["u2net"] = ServiceState(settings, service.root, runtime, service.remover, jobs)
     app.register_blueprint(routes)
     _register_error_handlers(app)

@@ -57,7 +57,7 @@ def apply_threshold(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray,
         return rgba
     # A masked AND into a fresh array: pixels outside `keep` come out all zero. ~10x faster than
     # numpy boolean indexing at 12 MP (21 ms against 190 ms), and the same result bit for bit.
-    keep = cv2.compare(mask, threshold, cv2.CMP_GE)
+    keep = cv2.compare(mask, threshold, cv2.CMP_GE)  # type: ignore[call-overload]  # stubs lack the scalar form
     return cv2.bitwise_and(rgba, rgba, mask=keep)
 
 
@@ -139,7 +139,7 @@ def guided_filter(guide4: np.ndarray, src: np.ndarray, radius: int, eps: float,
     mean_p = _box(p, r)
     cov_gp = _box(g * p[:, :, None], r) - mean_g * mean_p[:, :, None]
     # 3x3 covariance of the guide per pixel, regularised, inverted in closed form (adjugate).
-    gg = [[None] * 3 for _ in range(3)]
+    gg: list[list[np.ndarray]] = [[np.empty(0)] * 3 for _ in range(3)]
     for i in range(3):
         for j in range(i, 3):
             v = _box(g[:, :, i] * g[:, :, j], r) - mean_g[:, :, i] * mean_g[:, :, j]
@@ -212,8 +212,8 @@ def refine_alpha(guide4: np.ndarray, mask: np.ndarray, params: RefineParams = RE
     q = guided_filter(guide4, src, radius, params.eps, scale)
     # Stretched about 0.5, then clipped to [0, 1], in place (no full-size temporaries).
     cv2.addWeighted(q, params.contrast, q, 0, 0.5 * (1 - params.contrast), dst=q)
-    cv2.max(q, 0, dst=q)
-    return cv2.min(q, 1, dst=q)
+    cv2.max(q, 0, dst=q)  # type: ignore[call-overload]  # stubs lack the scalar form
+    return cv2.min(q, 1, dst=q)  # type: ignore[call-overload]  # stubs lack the scalar form
 
 
 def _saturating_add(rgb: np.ndarray, delta: np.ndarray) -> np.ndarray:

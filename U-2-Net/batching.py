@@ -121,6 +121,7 @@ class DynamicBatcher:
                 log.exception("the on_batch callback failed")
         for i, (_, future) in enumerate(batch):
             if error is None:
+                assert outputs is not None  # _run gives outputs or an error
                 future.set_result(outputs[i])
             else:
                 future.set_exception(error)

@@ -86,7 +86,7 @@ def configure_cuda_math(precision: str) -> None:
     """
     # The network is convolutions only (no matmul). The fp32_precision API replaces allow_tf32,
     # and PyTorch refuses a mix of the two, so only the new one is used.
-    torch.backends.cudnn.conv.fp32_precision = "tf32" if precision == "tf32" else "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "tf32" if precision == "tf32" else "ieee"  # type: ignore[attr-defined]  # stubs lack it
     torch.backends.cudnn.benchmark = True
 
 
@@ -159,7 +159,7 @@ class TorchPredictor:
         if device.type == "cuda":
             configure_cuda_math(precision)
         # channels_last: oneDNN and cuDNN both run these convolutions faster in NHWC (DESIGN.md §3).
-        self.net = net.to(device).to(memory_format=torch.channels_last).eval()
+        self.net = net.to(device).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # stubs lack it
         self.fp32_layers: list[str] = []
         if precision in _AUTOCAST:
             if calibration is None:
@@ -206,7 +206,7 @@ def export_onnx(net: U2Net, input_size: int) -> bytes:
         # The TorchScript exporter announces its own deprecation twice per export (measured with
         # torch 2.13: two DeprecationWarnings, nothing else); any other warning still shows.
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(wrapper, (torch.zeros(1, 3, input_size, input_size),), buf,
+        torch.onnx.export(wrapper, (torch.zeros(1, 3, input_size, input_size),), buf,  # type: ignore[arg-type]  # a file object works
                           input_names=["input"], output_names=["mask"],
                           dynamic_axes={"input": {0: "batch"}, "mask": {0: "batch"}},
                           opset_version=ONNX_OPSET, dynamo=False)

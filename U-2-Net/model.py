@@ -53,7 +53,7 @@ class RSU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hxin = self.rebnconvin(x)
-        encoded = [self.rebnconv1(hxin)]
+        encoded = [self.rebnconv1(hxin)]  # type: ignore[operator]  # added with add_module (the authors' key names)
         for i in range(1, self.depth - 1):
             pooled = getattr(self, f"pool{i}")(encoded[-1])
             encoded.append(getattr(self, f"rebnconv{i + 1}")(pooled))
@@ -171,7 +171,7 @@ class U2Net(nn.Module):
             hx = getattr(self, f"stage{i}d")(torch.cat((hx, encoded[i - 1]), 1))
             decoded[i] = hx
 
-        d1 = self.side1(decoded[1])
+        d1 = self.side1(decoded[1])  # type: ignore[operator]  # added with add_module (the authors' key names)
         sides = [d1] + [upsample_like(getattr(self, f"side{i}")(decoded[i]), d1) for i in range(2, 7)]
         d0 = self.outconv(torch.cat(sides, 1))
         # Training takes the logits: BCE on logits is numerically stable and autocast-safe.

@@ -123,6 +123,7 @@ class ModelRuntime:
         sha256 = file_digest(path)
         device = choose_device(options.device)
         engine = choose_engine(options.engine, device, options.precision)
+        predictor: Predictor
         if engine == "onnxruntime":
             model = onnx_model_bytes(lambda: build_model(spec, path), spec.input_size,
                                      options.cache_dir, sha256)

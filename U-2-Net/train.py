@@ -149,7 +149,7 @@ def deep_supervision_loss(logits: Sequence[torch.Tensor], target: torch.Tensor
     """
     target = target.float()
     losses = [F.binary_cross_entropy_with_logits(d.float(), target) for d in logits]
-    return sum(losses), losses[0]
+    return torch.stack(losses).sum(), losses[0]
 
 
 # -- training -------------------------------------------------------------------------------------

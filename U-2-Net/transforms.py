@@ -72,7 +72,7 @@ def resize_antialiased(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     kernel_x = _gaussian_kernel(remaining_sigma(scale_x, kx))
     kernel_y = _gaussian_kernel(remaining_sigma(scale_y, ky))
     if kernel_x.size > 1 or kernel_y.size > 1:
-        reduced = cv2.sepFilter2D(reduced, -1, kernel_x, kernel_y, borderType=cv2.BORDER_CONSTANT)
+        reduced = cv2.sepFilter2D(reduced, -1, kernel_x, kernel_y, borderType=cv2.BORDER_CONSTANT)  # type: ignore[assignment]  # OpenCV's stubs widen dtypes
 
     # 3. Bilinear sampling at the output pixel centres, in original coordinates
     #    x_in = (x_out + 0.5) * scale - 0.5 (skimage's warp), mapped into the reduced grid.
@@ -126,4 +126,4 @@ def mask_to_size(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     # An image smaller than the model input on some axis: Pillow's bilinear anti-aliases on the
     # shrinking axis, exactly as the authors' code; such images are tiny, so speed is moot.
-    return np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR))

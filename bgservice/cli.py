@@ -93,7 +93,10 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
-def _plan(inputs: list[str], output: Path | None, fmt: str) -> list[tuple[object, object]]:
+Plan = list[tuple[Path | str, Path | str]]  # (source, destination); "-" is stdin / stdout
+
+
+def _plan(inputs: list[str], output: Path | None, fmt: str) -> Plan:
     """(source, destination) pairs; '-' stands for stdin / stdout. Folders are walked
     recursively and their tree is kept under the output folder."""
     def named(path: Path) -> str:
@@ -101,7 +104,7 @@ def _plan(inputs: list[str], output: Path | None, fmt: str) -> list[tuple[object
 
     as_folder = output is not None and (len(inputs) > 1 or output.is_dir()
                                         or any(Path(i).is_dir() for i in inputs if i != "-"))
-    plan = []
+    plan: Plan = []
     for item in inputs:
         if item == "-":
             plan.append(("-", output if output and not as_folder else "-"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from .fields import MODE, THRESHOLD
 from .imageio import decode_image
 from .metrics import all_metrics
 
-SUMMARY_STATS = {"mean": np.mean, "median": np.median, "p10": lambda v: np.percentile(v, 10)}
+SUMMARY_STATS: dict[str, Callable[[list[float]], float]] = {
+    "mean": np.mean, "median": np.median, "p10": lambda v: np.percentile(v, 10)}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import argparse
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import Image_PostProcesser as post
 
@@ -42,7 +43,7 @@ class Field:
     choices: tuple[str, ...] = ()
     lo: int = 0
     hi: int = 0
-    default: object = None
+    default: Any = None
 
     # -- checks ------------------------------------------------------------------------------
 

@@ -255,6 +255,7 @@ class SharedRoot:
         replaces the file `source` identifies."""
         try:
             with self._folder(path, create=True) as folder:
+                assert folder is not None  # created, not missing
                 try:
                     atomic_write_at(folder, path.name, data,
                                     before_replace=lambda: self._check_target(folder, path, source))

@@ -93,11 +93,12 @@ def encode_png(pixels: np.ndarray, level: int = LEVEL) -> bytes:
     row_bytes = width * channels + 1
     strips = int(min(2 * _WORKERS, max(1, height * row_bytes // _STRIP_BYTES), height))
     bounds = np.linspace(0, height, strips + 1).astype(int)
-    jobs = [(int(bounds[i]), int(bounds[i + 1]), i == strips - 1) for i in range(strips)]
+    jobs: list[tuple[int, int, bool]] = [(int(bounds[i]), int(bounds[i + 1]), i == strips - 1)
+                                         for i in range(strips)]
     if strips == 1:
         parts = [_strip(pixels, *jobs[0], level)]
     else:
-        parts = list(_pool.map(lambda job: _strip(pixels, *job, level), jobs))
+        parts = list(_pool.map(lambda job: _strip(pixels, job[0], job[1], job[2], level), jobs))
     adler = parts[0][1]
     for _, part_adler, length in parts[1:]:
         adler = adler32_combine(adler, part_adler, length)

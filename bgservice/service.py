@@ -50,7 +50,7 @@ def assemble(settings: Settings, runtime: ModelRuntime | None = None, *, shared_
     limit_malloc_arenas()  # before the request threads exist: keeps RSS flat over time
     root = open_shared_root(settings) if shared_root else None
     own_runtime = runtime is None
-    if own_runtime:
+    if runtime is None:
         try:
             runtime = ModelRuntime.load(settings.runtime_options())
         except ModelLoadError as exc:

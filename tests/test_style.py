@@ -3,10 +3,12 @@ import order, bugbear, pyupgrade, simplify and a complexity limit. Run `ruff che
 mend what it can."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import PROJECT
 
 
@@ -25,3 +27,16 @@ def test_the_core_never_imports_the_http_layer():
                  for path in (PROJECT / folder).rglob("*.py")
                  if re.search(r"^\s*(import API\b|from API import)", path.read_text(), re.MULTILINE)]
     assert offenders == []
+
+
+@pytest.mark.slow
+def test_mypy_finds_nothing(tmp_path):
+    """A type check of the service's code (settings in pyproject.toml, [tool.mypy])."""
+    (tmp_path / "u2net").symlink_to(PROJECT / "U-2-Net", target_is_directory=True)
+    mypy = Path(sys.executable).with_name("mypy")
+    targets = ["-p", "u2net", "-p", "bgservice", "-m", "API", "-m", "GlobalVariables",
+               "-m", "Image_PostProcesser", "-m", "gunicorn_conf"]
+    result = subprocess.run([str(mypy), "--cache-dir", str(tmp_path / "cache"), *targets],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "MYPYPATH": f"{tmp_path}:{PROJECT}"})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
