@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -54,6 +55,13 @@ def _path(env: Mapping[str, str], name: str) -> Path | None:
     return Path(raw).expanduser() if raw else None
 
 
+def _sha256(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip().lower()
+    if raw and not re.fullmatch(r"[0-9a-f]{64}", raw):
+        raise SettingsError(f"{name} must be 64 hexadecimal digits (a SHA-256), got {raw[:80]!r}")
+    return raw or None
+
+
 def _token(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name, "").strip()
     if not raw:
@@ -75,6 +83,9 @@ class Settings:
     model: str = "u2net_human_seg"
     models_dir: Path = Path("saved_models")  # in the working directory, as fs_root
     weights: Path | None = None
+    # The SHA-256 that `bgremove download` must verify (U2NET_WEIGHTS_SHA256; the authors publish
+    # none, so a deployment pins the one it trusts).
+    weights_sha256: str | None = None
     # Where and how the network runs (U2NET_DEVICE: auto|cpu|cuda|cuda:N; U2NET_ENGINE:
     # auto|torch|onnxruntime, auto = ONNX Runtime on CPU, PyTorch on CUDA; U2NET_PRECISION).
     device: str = "auto"
@@ -144,6 +155,7 @@ class Settings:
             model=_choice(env, "U2NET_MODEL", cls.model, tuple(MODELS)),
             models_dir=_path(env, "U2NET_MODELS_DIR") or Path.cwd() / cls.models_dir,
             weights=_path(env, "U2NET_WEIGHTS"),
+            weights_sha256=_sha256(env, "U2NET_WEIGHTS_SHA256"),
             device=device,
             engine=engine,
             cache_dir=_path(env, "U2NET_CACHE_DIR"),

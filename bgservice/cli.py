@@ -36,7 +36,7 @@ def _cmd_download(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{dest} already exists (use --force to download it again)")
         return 0
     digest = download(spec, dest, urls=tuple(args.url) if args.url else None,
-                      sha256=args.sha256, progress=not args.quiet)
+                      sha256=args.sha256 or settings.weights_sha256, progress=not args.quiet)
     print(f"saved {dest} (sha256 {digest})")
     return 0
 
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--url", action="append",
                      help="fetch from this URL instead of the official source (repeatable; "
                           "file:///path works for a copy you already have)")
-    get.add_argument("--sha256", default=os.environ.get("U2NET_WEIGHTS_SHA256") or None,
+    get.add_argument("--sha256",
                      help="expected SHA-256 (default: $U2NET_WEIGHTS_SHA256, else the registry's)")
     get.add_argument("--force", action="store_true", help="download even if the file exists")
     get.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -46,6 +46,7 @@ def test_environment_overrides():
     ({"U2NET_MEMORY_WAIT_S": "-1"}, "U2NET_MEMORY_WAIT_S must be between 0"),
     ({"U2NET_API_TOKEN": "abc"}, "U2NET_API_TOKEN must be at least 16"),
     ({"MAX_IMAGE_PIXELS": "0"}, "MAX_IMAGE_PIXELS must be between 1"),
+    ({"U2NET_WEIGHTS_SHA256": "abc"}, "U2NET_WEIGHTS_SHA256 must be 64 hexadecimal digits"),
     ({"U2NET_MAX_QUEUE": "0"}, "U2NET_MAX_QUEUE must be between 1"),
 ])
 def test_bad_values_are_named(env, message):

@@ -130,6 +130,21 @@ def test_cli_download_failure_exits_1_with_one_clear_line(server, tmp_path):
     assert done.stderr.startswith("error: could not download u2netp")
 
 
+@pytest.mark.slow
+def test_cli_download_verifies_the_sha256_pinned_in_the_environment(server, tmp_path):
+    """U2NET_WEIGHTS_SHA256 (the Dockerfile's build argument) is what `download` verifies."""
+    base, sha = server
+    env = {"PATH": "/usr/bin:/bin", "U2NET_MODELS_DIR": str(tmp_path), "U2NET_MODEL": "u2netp"}
+    command = [sys.executable, "-m", "bgservice", "download", "--quiet", "--url", f"{base}/u2netp.pth"]
+    wrong = subprocess.run(command, env={**env, "U2NET_WEIGHTS_SHA256": "0" * 64},
+                           capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 1 and "sha256" in wrong.stderr.lower(), wrong.stderr
+    assert not default_weights_path(tmp_path, SPEC).exists()
+    right = subprocess.run(command, env={**env, "U2NET_WEIGHTS_SHA256": sha.upper()},
+                           capture_output=True, text=True, timeout=120)
+    assert right.returncode == 0, right.stderr
+
+
 def test_missing_weights_name_the_file_and_the_command(tmp_path):
     with pytest.raises(WeightsError) as info:
         resolve_weights(get_spec("u2net_human_seg"), tmp_path)
