@@ -56,12 +56,12 @@ from helpers import (  # noqa: E402
     LocalProduction,
     SlowClients,
     Swapper,
+    bomb_burst,
     bomb_png,
     dockerfile_cmd,
     files_under,
     free_port,
     poll_ready,
-    status_kb,
     worker_pids,
 )
 
@@ -416,25 +416,9 @@ def bombs(work: Path, weights_path: Path) -> None:
         (root / f"bomb{i}.png").write_bytes(data)
     server = Server(root, weights_path)
     try:
-        worker = server.worker()
-        idle = status_kb(worker, "VmRSS")
-        with open(f"/proc/{worker}/clear_refs", "w") as f:
-            f.write("5")
-
-        def upload(mode):
-            return requests.post(f"{server.base}/api/remove?mode={mode}", data=data, timeout=300).status_code
-
-        def batch():
-            jobs = [{"sourceImagePath": f"/bomb{i}.png", "outputImagePath": f"/out/{i}.png",
-                     "threshold": 200} for i in range(3)]
-            r = requests.post(f"{server.base}/remove-background/batch", json={"jobs": jobs}, timeout=300)
-            return [job["status"] for job in r.json()["jobs"]]
-
-        with ThreadPoolExecutor(4) as pool:
-            uploads = [pool.submit(upload, mode) for mode in ("refine", "refine", "refine")]
-            jobs = pool.submit(batch)
-            statuses = collections.Counter([u.result() for u in uploads] + jobs.result())
-        peak = status_kb(worker, "VmHWM")
+        codes, idle, peak = bomb_burst(server.base, server.worker(), data, ["refine"] * 3,
+                                       [f"/bomb{i}.png" for i in range(3)])
+        statuses = collections.Counter(codes)
         budget = requests.get(f"{server.base}/model-info", timeout=10).json()["limits"]["memory_budget_mb"]
     finally:
         server.close()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -159,6 +160,31 @@ def bomb_png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG", compress_level=9)
     return buf.getvalue()
+
+
+def bomb_burst(base: str, worker: int, data: bytes, upload_modes: list[str],
+               batch_sources: list[str]) -> tuple[list[int], int, int]:
+    """Uploads of `data` (one per mode) and one batch with a website job per source, all at
+    once, against the server at `base` whose worker is `worker`. (statuses, uploads' then the
+    batch jobs'; the worker's resident kB before; its peak resident kB during the burst)."""
+    idle = status_kb(worker, "VmRSS")
+    with open(f"/proc/{worker}/clear_refs", "w") as f:
+        f.write("5")  # reset the peak: measure the burst alone
+
+    def upload(mode: str) -> int:
+        return requests.post(f"{base}/api/remove?mode={mode}", data=data, timeout=300).status_code
+
+    def batch() -> list[int]:
+        jobs = [{"sourceImagePath": source, "outputImagePath": f"/out/{i}.png", "threshold": 200}
+                for i, source in enumerate(batch_sources)]
+        r = requests.post(f"{base}/remove-background/batch", json={"jobs": jobs}, timeout=300)
+        return [job["status"] for job in r.json()["jobs"]]
+
+    with ThreadPoolExecutor(len(upload_modes) + 1) as pool:
+        uploads = [pool.submit(upload, mode) for mode in upload_modes]
+        jobs = pool.submit(batch)
+        statuses = [u.result() for u in uploads] + jobs.result()
+    return statuses, idle, status_kb(worker, "VmHWM")
 
 
 def worker_pids(master: int) -> list[int]:

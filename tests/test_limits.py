@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
-import requests
 from conftest import photo, save_image
-from helpers import bomb_png, status_kb, worker_pids
+from helpers import bomb_burst, bomb_png, worker_pids
 
 from bgservice.errors import TooLarge, Unavailable
 from bgservice.limits import Admission, MemoryBudget
@@ -132,24 +130,9 @@ def test_a_burst_of_bombs_keeps_the_worker_within_its_budget(sandbox, random_wei
         wait_until_ready(proc, base)
         (worker,) = worker_pids(proc.pid)
         time.sleep(0.5)
-        before = status_kb(worker, "VmRSS")
-        with open(f"/proc/{worker}/clear_refs", "w") as f:
-            f.write("5")  # reset the peak: measure the burst alone
-
-        def upload(mode):
-            return requests.post(f"{base}/api/remove?mode={mode}", data=data, timeout=300).status_code
-
-        def batch():
-            jobs = [{"sourceImagePath": f"/bomb{i}.png", "outputImagePath": f"/out/{i}.png",
-                     "threshold": 200} for i in range(4)]
-            r = requests.post(f"{base}/remove-background/batch", json={"jobs": jobs}, timeout=300)
-            return [job["status"] for job in r.json()["jobs"]]
-
-        with ThreadPoolExecutor(5) as pool:
-            uploads = [pool.submit(upload, mode) for mode in ("threshold", "soft", "threshold", "refine")]
-            jobs = pool.submit(batch)
-            statuses = [u.result() for u in uploads] + jobs.result()
-        peak = status_kb(worker, "VmHWM")
+        statuses, before, peak = bomb_burst(
+            base, worker, data, ["threshold", "soft", "threshold", "refine"],
+            [f"/bomb{i}.png" for i in range(4)])
     finally:
         print(stop(proc)[-3000:])
     grown_mb = (peak - before) / 1024
