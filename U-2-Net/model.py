@@ -156,6 +156,15 @@ class U2Net(nn.Module):
         self.outconv = nn.Conv2d(6 * out_ch, out_ch, 1)
 
     def forward(self, x: torch.Tensor, fused_only: bool = False, logits: bool = False):
+        decoded = self._stages(x)
+        d1 = self.side1(decoded[1])  # type: ignore[operator]  # added with add_module (the authors' key names)
+        sides = [d1] + [upsample_like(getattr(self, f"side{i}")(decoded[i]), d1) for i in range(2, 7)]
+        d0 = self.outconv(torch.cat(sides, 1))
+        return _activated([d0, *sides], fused_only, logits)
+
+    def _stages(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The encoder and decoder: {level: its decoder stage's output} (level 6: encoder stage 6),
+        the inputs of the side outputs."""
         encoded = []
         hx = x
         for i in range(1, 7):
@@ -170,15 +179,47 @@ class U2Net(nn.Module):
             hx = upsample_like(hx, encoded[i - 1])
             hx = getattr(self, f"stage{i}d")(torch.cat((hx, encoded[i - 1]), 1))
             decoded[i] = hx
+        return decoded
 
-        d1 = self.side1(decoded[1])  # type: ignore[operator]  # added with add_module (the authors' key names)
-        sides = [d1] + [upsample_like(getattr(self, f"side{i}")(decoded[i]), d1) for i in range(2, 7)]
-        d0 = self.outconv(torch.cat(sides, 1))
-        # Training takes the logits: BCE on logits is numerically stable and autocast-safe.
-        activate = (lambda d: d) if logits else torch.sigmoid
-        if fused_only:
-            return activate(d0)
-        return tuple(activate(d) for d in [d0, *sides])
+
+def _activated(maps: list[torch.Tensor], fused_only: bool, logits: bool):
+    """The first map alone (`fused_only`: inference) or all of them, through sigmoid unless
+    `logits` (training takes the logits: BCE on logits is numerically stable and autocast-safe)."""
+    activate = (lambda d: d) if logits else torch.sigmoid
+    if fused_only:
+        return activate(maps[0])
+    return tuple(activate(d) for d in maps)
+
+
+ISNET_CONFIG = U2NetConfig(
+    name="ISNetDIS",
+    # U2NET's stages, stage 1 fed by conv_in's 64 channels
+    stages=(("RSU7", 64, 32, 64), *U2NET_CONFIG.stages[1:]),
+    side_channels=U2NET_CONFIG.side_channels,
+)
+
+
+class ISNetDIS(U2Net):
+    """IS-Net (Qin et al., "Highly Accurate Dichotomous Image Segmentation", ECCV 2022;
+    xuebinqin/DIS, IS-Net/models/isnet.py): U2NET's stages and side outputs behind a stride-2
+    `conv_in` (the stages see half the 1024 px input), no fused `outconv`: every side output is
+    resized to the input, and the mask is side 1's. The authors define `pool_in` and do not use
+    it (it has no weights); it is kept so that the module tree matches theirs.
+
+    `forward` returns the six side maps (through sigmoid unless `logits`), or side 1's alone with
+    `fused_only`, so the runtime, the exporter and training treat it as they treat U2Net.
+    """
+
+    def __init__(self, in_ch: int = 3, out_ch: int = 1):
+        super().__init__(ISNET_CONFIG, in_ch=64, out_ch=out_ch)
+        del self.outconv
+        self.conv_in = nn.Conv2d(in_ch, 64, 3, stride=2, padding=1)
+        self.pool_in = nn.MaxPool2d(2, stride=2, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor, fused_only: bool = False, logits: bool = False):
+        decoded = self._stages(self.conv_in(x))
+        sides = [upsample_like(getattr(self, f"side{i}")(decoded[i]), x) for i in range(1, 7)]
+        return _activated(sides, fused_only, logits)
 
 
 def U2NET(in_ch: int = 3, out_ch: int = 1) -> U2Net:
@@ -191,4 +232,4 @@ def U2NETP(in_ch: int = 3, out_ch: int = 1) -> U2Net:
     return U2Net(U2NETP_CONFIG, in_ch, out_ch)
 
 
-ARCHITECTURES = {"U2NET": U2NET, "U2NETP": U2NETP}
+ARCHITECTURES = {"U2NET": U2NET, "U2NETP": U2NETP, "ISNetDIS": ISNetDIS}

@@ -1,0 +1,89 @@
+"""ONNX exports imported as weights (u2net.onnx_import): the shared IS-Net graph (float16, batch
+norm folded) onto the project's ISNetDIS, U2NETP exports of the project's own exporter with batch
+norm folded and kept, and a refusal when the graph is another architecture."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+from conftest import shared_path
+from u2net.model import U2NET, U2NETP, ISNetDIS
+from u2net.onnx_import import ImportRefused, import_onnx, probe_difference
+
+pytestmark = pytest.mark.slow
+
+
+def export(net, tmp_path, **kwargs):
+    """The network as ONNX (`do_constant_folding=False` keeps its batch norms)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net.eval(), (torch.zeros(1, 3, 64, 64),), buf, input_names=["input"],
+                          output_names=["mask"], dynamic_axes={"input": {2: "h", 3: "w"}},
+                          opset_version=17, dynamo=False, **kwargs)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def trained_like_u2netp() -> torch.nn.Module:
+    """Random weights with batch-norm statistics that are not the identity (as trained ones)."""
+    torch.manual_seed(0)
+    net = U2NETP()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_u2netp_exports_import_with_batch_norm_folded_or_kept(tmp_path, fold):
+    original = trained_like_u2netp()
+    path = export(original, tmp_path, do_constant_folding=fold)
+    net = U2NETP()
+    state = import_onnx(path, net, input_size=320)
+    net.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, 320, 320)
+    with torch.no_grad():
+        difference = (net(x, fused_only=True) - original(x, fused_only=True)).abs().max().item()
+    assert difference < 1e-4
+    if not fold:  # kept: the very same parameters
+        for key, tensor in original.state_dict().items():
+            assert torch.allclose(state[key].float(), tensor.float()), key
+
+
+def test_another_architectures_graph_is_refused(tmp_path):
+    path = export(trained_like_u2netp(), tmp_path)
+    with pytest.raises(ImportRefused, match=r"convolution 0 .* has shape \(16, 3, 3, 3\)|shape"):
+        import_onnx(path, U2NET(), input_size=320)
+
+
+def test_a_graph_whose_outputs_differ_is_refused(tmp_path):
+    """Shapes alike, outputs not: the probe catches it (here: a sigmoid too many, on purpose)."""
+    class Sharper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = trained_like_u2netp()
+
+        def forward(self, x):
+            return torch.sigmoid(self.net(x, fused_only=True) * 4)
+
+    path = export(Sharper(), tmp_path)
+    with pytest.raises(ImportRefused, match="differ by up to"):
+        import_onnx(path, U2NETP(), input_size=320)
+
+
+def test_the_shared_isnet_graph_imports_onto_isnetdis():
+    """The official IS-Net general-use weights (float16, batch norm folded; PROVENANCE.md) load
+    strictly into the project's ISNetDIS, which then reproduces ONNX Runtime on the graph."""
+    path = shared_path("models", "isnet", "isnet-imgly.onnx")
+    net = ISNetDIS()
+    state = import_onnx(path, net, input_size=1024)
+    fresh = ISNetDIS()
+    fresh.load_state_dict(state, strict=True)
+    assert sum(p.numel() for p in fresh.parameters()) == 44_046_790
+    assert probe_difference(path.read_bytes(), fresh, 1024) < 2e-3
