@@ -26,6 +26,10 @@ class ModelSpec:
     input_size: int = 320  # square side the network sees (authors' RescaleT(320))
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet, after dividing by max
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # How the authors brought a photo to the input (transforms.to_model_input): "antialiased"
+    # (U²-Net: skimage's resize, then divided by the image's maximum) or "bilinear" (IS-Net: a
+    # plain bilinear resize truncated back to 8 bits, then divided by 255).
+    resize: str = "antialiased"
 
 
 def _google_drive(file_id: str) -> str:
@@ -61,6 +65,22 @@ MODELS: dict[str, ModelSpec] = {
             # The one MD5 every public downloader agrees on.
             md5="e4f636406ca4e2af789941e7f139ee2e",
             description="U2NETP, the 1.1 M-parameter variant (salient objects).",
+        ),
+        ModelSpec(
+            name="isnet-general-use",
+            architecture="ISNetDIS",
+            filename="isnet-general-use.pth",
+            size_mb=176.6,
+            # The DIS README names this file with two Drive ids; both are listed (issue 11 will
+            # add checksummed mirrors).
+            urls=(_google_drive("1XHIzgTzY5BQHw140EDIgwIb53K659ENH"),
+                  _google_drive("1nV57qKuy--d5u1yvkng9aXW1KS4sOpOi")),
+            description="IS-Net general use (ECCV 2022): salient objects, sharper and better at "
+                        "people than U²-Net, at 1024x1024 (several times the compute).",
+            input_size=1024,
+            mean=(0.5, 0.5, 0.5),
+            std=(1.0, 1.0, 1.0),
+            resize="bilinear",
         ),
     )
 }

@@ -35,7 +35,7 @@ from .atomic import atomic_write
 from .engine import choose_device
 from .model import ARCHITECTURES, U2Net
 from .registry import DEFAULT_MODEL, ModelSpec, get_spec
-from .transforms import normalise_input, resize_antialiased
+from .transforms import normalise_input, resize_for
 from .weights import build_model
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,8 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.pairs[index]
         side = (self.size, self.size)
-        image = resize_antialiased(_load(image_path, "RGB"), side)
-        mask = resize_antialiased(_load(mask_path, "L")[:, :, None], side)[:, :, 0]
+        image = resize_for(self.spec, _load(image_path, "RGB"), side)
+        mask = resize_for(self.spec, _load(mask_path, "L")[:, :, None], side)[:, :, 0]
         if self.augment:
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
             y, x = rng.integers(0, self.size - self.crop + 1, size=2)

@@ -89,15 +89,33 @@ def resize_antialiased(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def to_model_input(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """HxWx3 uint8 RGB -> 3xSxS float32, normalised exactly as the authors' ToTensorLab(flag=0)."""
-    return normalise_input(resize_antialiased(rgb, (spec.input_size, spec.input_size)), spec)
+    """HxWx3 uint8 RGB -> 3xSxS float32, as the model's authors prepared their inputs."""
+    return normalise_input(resize_for(spec, rgb, (spec.input_size, spec.input_size)), spec)
+
+
+def resize_for(spec: ModelSpec, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The model's own resize (spec.resize) of an HxWxC uint8 image: float32 in [0, 1]."""
+    if spec.resize == "bilinear":
+        return resize_bilinear_truncated(image, size)
+    return resize_antialiased(image, size)
+
+
+def resize_bilinear_truncated(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """IS-Net's resize (IS-Net/Inference.py): the 8-bit image as floats, bilinear without
+    anti-aliasing (F.upsample, align_corners False: OpenCV's INTER_LINEAR on floats), truncated
+    back to 8 bits, then divided by 255: HxWxC float32 in [0, 1]."""
+    resized = cv2.resize(image.astype(np.float32), size[::-1], interpolation=cv2.INTER_LINEAR)
+    if resized.ndim == 2:
+        resized = resized[:, :, None]
+    return np.floor(resized) * np.float32(1 / 255)
 
 
 def normalise_input(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """HxWx3 float32 in [0, 1] -> 3xHxW float32: the authors' ToTensorLab(flag=0), which the
-    weights were trained with (inference and training both come through here)."""
+    """HxWx3 float32 in [0, 1] -> 3xHxW float32, normalised as the weights were trained
+    (inference and training both come through here): U²-Net's ToTensorLab(flag=0) divides by the
+    image's maximum first; IS-Net's inputs are already divided by 255."""
     peak = float(x.max())
-    if peak > 0:  # the authors divide by the max unguarded; a black image would give NaN
+    if spec.resize == "antialiased" and peak > 0:  # the authors divide by the max unguarded
         x = x * np.float32(1 / peak)
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)

@@ -72,5 +72,9 @@ def test_registry_names_the_models_with_their_preprocessing():
     assert human.architecture == "U2NET" and human.filename == "u2net_human_seg.pth"
     assert human.input_size == 320 and human.mean == (0.485, 0.456, 0.406)
     assert all(spec.urls for spec in MODELS.values())
-    with pytest.raises(UnknownModel, match="choose one of: u2net, u2net_human_seg, u2netp"):
+    isnet = get_spec("isnet-general-use")
+    assert isnet.architecture == "ISNetDIS" and isnet.input_size == 1024
+    assert (isnet.mean, isnet.std, isnet.resize) == ((0.5,) * 3, (1.0,) * 3, "bilinear")
+    with pytest.raises(UnknownModel,
+                       match="choose one of: isnet-general-use, u2net, u2net_human_seg, u2netp"):
         get_spec("u2net_hman_seg")
