@@ -19,8 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-from u2net.registry import MODELS, UnknownModel, get_spec
-from u2net.weights import WeightsError, default_weights_path, download
+from u2net.atomic import atomic_write
+from u2net.registry import MODELS, ModelLoadError, UnknownModel, get_spec
+from u2net.weights import default_weights_path, download
 
 from GlobalVariables import Settings, SettingsError, configure_logging
 
@@ -42,10 +43,28 @@ def _cmd_download(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    name_width = max(len(name) for name in MODELS)
+    arch_width = max(len(spec.architecture) for spec in MODELS.values())
     for spec in MODELS.values():
         marker = "*" if spec.name == settings.model else " "
-        print(f"{marker} {spec.name:16s} {spec.architecture:7s} {spec.size_mb:6.1f} MB  "
-              f"{spec.description}")
+        print(f"{marker} {spec.name:{name_width}s} {spec.architecture:{arch_width}s} "
+              f"{spec.size_mb:6.1f} MB  {spec.description}")
+    return 0
+
+
+def _cmd_import_onnx(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+    from u2net.model import ARCHITECTURES
+    from u2net.onnx_import import import_onnx
+
+    spec = get_spec(args.model)
+    if not args.file.is_file():
+        print(f"error: {args.file} is not a file", file=sys.stderr)
+        return 2
+    state = import_onnx(args.file, ARCHITECTURES[spec.architecture](), spec.input_size)
+    atomic_write(args.output, lambda f: torch.save(state, f))
+    print(f"wrote {args.output} ({spec.architecture}, {len(state)} tensors; proved against ONNX "
+          "Runtime)")
     return 0
 
 
@@ -126,7 +145,6 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
 
     from .errors import BadRequest, ServiceError
     from .options import parse_options
-    from .paths import atomic_write
 
     given = {f.name: getattr(args, f.name) for f in OPTIONS}
     try:  # as strings, checked with the service's messages
@@ -211,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the known models").set_defaults(run=_cmd_models)
 
+    imp = sub.add_parser("import-onnx", help="turn an ONNX export of a model into its .pth weights",
+                         description="Maps the graph's convolutions (and batch norms, where kept) "
+                                     "onto the model's architecture, checking every shape, then "
+                                     "proves the result against ONNX Runtime on a probe image. "
+                                     "Exit codes: 0 written, 1 refused, 2 bad usage.")
+    imp.add_argument("file", type=Path, help="the .onnx file")
+    imp.add_argument("--model", required=True, help="registry name whose architecture it is")
+    imp.add_argument("-o", "--output", type=Path, required=True, help="weights file to write (.pth)")
+    imp.set_defaults(run=_cmd_import_onnx)
+
     rm = sub.add_parser("remove", help="remove the background from files, folders or stdin",
                         description="Exit codes: 0 all done, 1 some file failed (one line each "
                                     "on stderr), 2 bad usage.")
@@ -281,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, UnknownModel) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except WeightsError as exc:
+    except ModelLoadError as exc:  # weights missing or bad, an ONNX import refused
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

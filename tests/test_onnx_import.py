@@ -87,3 +87,24 @@ def test_the_shared_isnet_graph_imports_onto_isnetdis():
     fresh.load_state_dict(state, strict=True)
     assert sum(p.numel() for p in fresh.parameters()) == 44_046_790
     assert probe_difference(path.read_bytes(), fresh, 1024) < 2e-3
+
+
+def test_the_cli_imports_and_refuses(tmp_path):
+    """bgremove import-onnx: the weights the service then loads strictly; a refusal is one line
+    and exit 1."""
+    import subprocess
+    import sys
+
+    from u2net.registry import get_spec
+    from u2net.weights import build_model
+
+    path = export(trained_like_u2netp(), tmp_path)
+    out = tmp_path / "imported.pth"
+    cli = [sys.executable, "-m", "bgservice", "import-onnx", str(path), "-o", str(out)]
+    done = subprocess.run([*cli, "--model", "u2netp"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "proved against ONNX Runtime" in done.stdout, done.stderr
+    build_model(get_spec("u2netp"), out)  # loads strictly
+    refused = subprocess.run([*cli[:-2], "-o", str(tmp_path / "no.pth"), "--model", "u2net"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: convolution 1 ")
+    assert "Traceback" not in refused.stderr and not (tmp_path / "no.pth").exists()
