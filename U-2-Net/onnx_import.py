@@ -11,6 +11,8 @@ difference.
 """
 from __future__ import annotations
 
+import logging
+import tempfile
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,7 +22,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from .registry import ModelLoadError
+from .registry import ModelLoadError, ModelSpec
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -147,3 +151,23 @@ def import_onnx(path: Path, net: nn.Module, input_size: int,
                             f"{difference:.2e} on the probe (limit {tolerance:.0e}): the graph is "
                             "not this architecture, or not its inference output")
     return state
+
+
+def imported_weights(onnx_path: Path, spec: ModelSpec, cache_dir: Path | None) -> Path:
+    """The .pth for an ONNX export of `spec`'s architecture (U2NET_WEIGHTS=FILE.onnx): imported
+    and proved once, then kept in `cache_dir` under the export's checksum (a temporary folder's
+    file when there is no cache)."""
+    from .atomic import atomic_write
+    from .model import ARCHITECTURES
+    from .weights import file_digest
+
+    digest = file_digest(onnx_path)
+    folder = cache_dir or Path(tempfile.gettempdir())
+    target = folder / f"{onnx_path.stem}-{spec.architecture}-{digest[:16]}.pth"
+    if target.is_file():
+        return target
+    log.info("importing %s as %s weights (once; kept as %s)", onnx_path, spec.architecture, target)
+    state = import_onnx(onnx_path, ARCHITECTURES[spec.architecture](), spec.input_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, lambda f: torch.save(state, f))
+    return target

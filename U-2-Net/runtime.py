@@ -119,6 +119,10 @@ class ModelRuntime:
         """
         spec = get_spec(options.model)
         path = resolve_weights(spec, options.models_dir, options.weights)
+        if path.suffix.lower() == ".onnx":  # an ONNX export: imported (and cached) first
+            from .onnx_import import imported_weights
+
+            path = imported_weights(path, spec, options.cache_dir)
         started = time.perf_counter()
         sha256 = file_digest(path)
         device = choose_device(options.device)

@@ -108,3 +108,35 @@ def test_the_cli_imports_and_refuses(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1 and refused.stderr.startswith("error: convolution 1 ")
     assert "Traceback" not in refused.stderr and not (tmp_path / "no.pth").exists()
+
+
+def test_an_onnx_file_as_u2net_weights_is_imported_once_and_cached(tmp_path):
+    """U2NET_WEIGHTS=FILE.onnx: the runtime imports it (proved), keeps the .pth in the cache
+    under the export's checksum, and serves the same masks as the original weights."""
+    import numpy as np
+    from u2net.runtime import ModelRuntime, RuntimeOptions
+
+    original = trained_like_u2netp()
+    pth = tmp_path / "original.pth"
+    torch.save(original.state_dict(), pth)
+    onnx_path = export(original, tmp_path)
+    cache = tmp_path / "cache"
+
+    def load(weights):
+        rt = ModelRuntime.load(RuntimeOptions(model="u2netp", weights=weights, device="cpu",
+                                              engine="torch", warmup_runs=1, cache_dir=cache))
+        rt.start(background=False)
+        return rt
+
+    image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    from_pth, from_onnx = load(pth), load(onnx_path)
+    try:
+        assert np.abs(from_pth.mask_for(image).astype(int) - from_onnx.mask_for(image)).max() <= 1
+        (cached,) = cache.glob("model-U2NETP-*.pth")
+        assert from_onnx.weights_path == cached
+        stamp = cached.stat().st_mtime_ns
+        load(onnx_path).close()  # the second time: from the cache, not imported again
+        assert cached.stat().st_mtime_ns == stamp
+    finally:
+        from_pth.close()
+        from_onnx.close()
