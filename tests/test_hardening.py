@@ -35,8 +35,9 @@ def test_a_folder_swapped_for_a_symlink_never_lets_a_write_out(sandbox):
             except ServiceError as exc:
                 assert exc.status in (400, 409), exc.message
                 outcomes["refused"] += 1
-    assert swapper.flips > 20, swapper.flips
-    assert outcomes["written"] > 0 and outcomes["refused"] > 0, outcomes
+    # Both outcomes seen: the swap really happened while writes ran (the flip count itself
+    # depends on how the GIL is shared, so it is not asserted).
+    assert swapper.flips > 0 and outcomes["written"] > 0 and outcomes["refused"] > 0, outcomes
     assert files_under(sandbox["outside"]) == before
 
 
@@ -53,8 +54,8 @@ def test_a_source_swapped_for_a_symlink_is_never_read_outside(sandbox):
             except ServiceError as exc:
                 assert exc.status in (400, 404), exc.message
                 seen.add(exc.status)
-    assert swapper.flips > 20, swapper.flips
-    assert b"inside" in seen and b"OUTSIDE" not in seen, seen
+    assert swapper.flips > 0 and b"inside" in seen and (seen & {400, 404}), seen  # raced for real
+    assert b"OUTSIDE" not in seen, seen
 
 
 @pytest.mark.slow
