@@ -107,9 +107,10 @@ class Settings:
     max_source_bytes: int = 100 * 1024 * 1024
     # Memory for the images in flight in one worker (U2NET_MEMORY_BUDGET_MB): each reserves its
     # measured peak (bytes per pixel of its mode) before decoding; one that does not fit waits up
-    # to U2NET_MEMORY_WAIT_S, then 503; one bigger than the budget, 413. 1 GiB: one worker with
-    # U2NET (about 1.2 GB with ONNX Runtime) stays near 2 GB.
-    memory_budget_bytes: int = 1024 * 1024 * 1024
+    # to U2NET_MEMORY_WAIT_S, then 503; one bigger than the budget, 413. 1,152 MB: 1 GiB for the
+    # requests (a 50 MP threshold cut-out fits) plus the 128 MB Pillow keeps for reuse; one
+    # worker with U2NET (about 1.2 GB idle with ONNX Runtime) stays near 2.3 GB.
+    memory_budget_bytes: int = 1152 * 1024 * 1024
     memory_wait_s: float = 10.0
     # Largest upload to /api/remove (MAX_UPLOAD_MB); beyond it, 413.
     max_upload_bytes: int = 50 * 1024 * 1024

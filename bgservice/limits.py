@@ -67,18 +67,22 @@ class Ticket:
 class MemoryBudget:
     """Bytes that the images in flight in one worker may hold at once."""
 
-    def __init__(self, total_bytes: int, wait_s: float):
+    def __init__(self, total_bytes: int, wait_s: float, set_aside: int = 0):
+        """`set_aside`: bytes the worker holds outside any request (Pillow's cache of freed
+        image blocks), reserved for good so that requests and it together stay in the budget."""
         self.total = total_bytes
         self.wait_s = wait_s
-        self.used = 0
+        self.set_aside = min(set_aside, total_bytes // 2)
+        self.used = self.set_aside
         self.peak = 0  # the most reserved at once, for /model-info and the tests
         self._changed = threading.Condition()
 
     @contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
-        if nbytes > self.total:
+        if nbytes > self.total - self.set_aside:
             raise TooLarge(f"this image needs about {nbytes // _MB} MB to process, more than this "
                            f"worker's memory budget of {self.total // _MB} MB "
+                           f"({self.set_aside // _MB} MB of it held for decoding) "
                            "(U2NET_MEMORY_BUDGET_MB); send a smaller image, or use mode "
                            "threshold or soft, which need less")
         with self._changed:

@@ -12,7 +12,13 @@ import numpy as np
 from u2net.runtime import ModelRuntime, Overloaded, TimedOut
 
 from .errors import Unavailable
-from .imageio import DecodedImage, decode_image, decode_opened, open_image
+from .imageio import (
+    PILLOW_BLOCK_CACHE_BYTES,
+    DecodedImage,
+    decode_image,
+    decode_opened,
+    open_image,
+)
 from .limits import Admission, MemoryBudget, Ticket
 from .options import OutputOptions, Rendered, compose_output, encode_output
 from .paths import SharedRoot
@@ -74,7 +80,7 @@ class PathResult:
 
 class BackgroundRemover:
     def __init__(self, runtime: ModelRuntime, *, max_image_pixels: int, max_source_bytes: int,
-                 request_timeout_s: float, memory_budget_bytes: int = 1 << 30,
+                 request_timeout_s: float, memory_budget_bytes: int = 1152 << 20,
                  memory_wait_s: float = 10.0):
         self.runtime = runtime
         self.max_image_pixels = max_image_pixels
@@ -82,7 +88,8 @@ class BackgroundRemover:
         self.request_timeout_s = request_timeout_s
         # The network's queue plus one batch: admitted requests can never overflow the queue.
         self.admission = Admission(runtime.options.max_queue + runtime.max_batch)
-        self.memory = MemoryBudget(memory_budget_bytes, memory_wait_s)
+        self.memory = MemoryBudget(memory_budget_bytes, memory_wait_s,
+                                   set_aside=PILLOW_BLOCK_CACHE_BYTES)
 
     @classmethod
     def from_settings(cls, runtime: ModelRuntime, settings) -> BackgroundRemover:
@@ -97,6 +104,7 @@ class BackgroundRemover:
         """What this worker takes on at once, and how much of it is taken now (/model-info)."""
         return {"admitted": self.admission.admitted, "max_admitted": self.admission.limit,
                 "memory_budget_mb": self.memory.total >> 20,
+                "memory_set_aside_mb": self.memory.set_aside >> 20,  # Pillow's block cache
                 "memory_reserved_mb": round(self.memory.used / (1 << 20), 1),
                 "memory_peak_reserved_mb": round(self.memory.peak / (1 << 20), 1)}
 

@@ -53,8 +53,9 @@ def test_the_ticket_is_given_back_when_the_mask_is_there_and_memory_when_done(re
     options = OutputOptions(mode="soft")
     rendered = remover.process(data, options)
     assert (rendered.width, rendered.height) == (80, 60)
-    assert seen == {"admitted": 0, "reserved": memory_needed(80 * 60, options, len(data))}
-    assert remover.memory.used == 0 and remover.admission.admitted == 0
+    aside = remover.memory.set_aside  # Pillow's block cache, reserved for good
+    assert seen == {"admitted": 0, "reserved": aside + memory_needed(80 * 60, options, len(data))}
+    assert remover.memory.used == aside and remover.admission.admitted == 0
     assert set(rendered.timings_ms) >= {"decode", "resize", "forward", "upsample", "compose", "encode"}
 
 
@@ -74,4 +75,4 @@ def test_a_failure_gives_the_ticket_and_the_memory_back(remover):
     data = png(photo(80, 60))
     with pytest.raises(NotAnImage):
         remover.process(data[:200], OutputOptions(mode="soft"))  # the header, then nothing
-    assert remover.memory.used == 0 and remover.admission.admitted == 0
+    assert remover.memory.used == remover.memory.set_aside and remover.admission.admitted == 0
