@@ -96,9 +96,6 @@ class SharedRoot:
             raise FileNotFoundError(f"shared filesystem root {root} is not a directory "
                                     f"({exc.strerror})") from None
 
-    def close(self) -> None:
-        os.close(self._fd)
-
     # -- lexical checks ------------------------------------------------------------------------
 
     def parse(self, user_path: object, field: str) -> RequestPath:

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 from u2net.runtime import ModelRuntime, Overloaded, TimedOut
 
+from GlobalVariables import Settings
+
 from .errors import Unavailable
 from .imageio import (
     PILLOW_BLOCK_CACHE_BYTES,
@@ -80,8 +82,9 @@ class PathResult:
 
 class BackgroundRemover:
     def __init__(self, runtime: ModelRuntime, *, max_image_pixels: int, max_source_bytes: int,
-                 request_timeout_s: float, memory_budget_bytes: int = 1152 << 20,
-                 memory_wait_s: float = 10.0):
+                 request_timeout_s: float,
+                 memory_budget_bytes: int = Settings.memory_budget_bytes,
+                 memory_wait_s: float = Settings.memory_wait_s):
         self.runtime = runtime
         self.max_image_pixels = max_image_pixels
         self.max_source_bytes = max_source_bytes
@@ -92,7 +95,7 @@ class BackgroundRemover:
                                    set_aside=PILLOW_BLOCK_CACHE_BYTES)
 
     @classmethod
-    def from_settings(cls, runtime: ModelRuntime, settings) -> BackgroundRemover:
+    def from_settings(cls, runtime: ModelRuntime, settings: Settings) -> BackgroundRemover:
         """The remover for `settings` (GlobalVariables.Settings): the service's and the CLI's."""
         return cls(runtime, max_image_pixels=settings.max_image_pixels,
                    max_source_bytes=settings.max_source_bytes,
