@@ -34,18 +34,18 @@ from bgservice.errors import (
     UnsupportedMediaType,
 )
 from bgservice.fields import JSON_OPTIONS, PATHS, REMOVE_FIELDS, refuse_unknown
-from bgservice.openapi import openapi_spec
 from bgservice.options import OutputOptions, parse_options, resolve_mode
 from bgservice.paths import SharedRoot
 from bgservice.pipeline import BackgroundRemover, PathJob, PathResult
 from bgservice.service import assemble
 from GlobalVariables import Settings, SettingsError, configure_logging
+from webapp.openapi import openapi_spec
 
 log = logging.getLogger("u2net_service.api")
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_BATCH_JOBS = 32
-WEB_DIR = Path(__file__).resolve().parent / "bgservice" / "web"
+WEB_DIR = Path(__file__).resolve().parent / "webapp" / "static"
 WEB_FILES = ("page.js", "page.css")
 
 

@@ -7,8 +7,10 @@ root's code can write through handles it opened without following symlinks (bgse
 What a crash leaves behind: on Linux the data goes into an unnamed file (O_TMPFILE), which the
 kernel discards if the process dies, and gets a name only for the instant between `linkat` and
 the rename. Where O_TMPFILE or /proc is missing, a named temporary file is used instead. Either
-way temporaries have one recognisable name (`.u2net-tmp.<hex>`), and every write sweeps those in
-its folder that are older than STALE_AFTER_S (a killed writer's), so none stays for ever.
+way temporaries have one recognisable name (`.u2net-tmp.<hex>`), and writes sweep those in their
+folder that are older than STALE_AFTER_S (a killed writer's), so none stays for ever. A folder is
+swept at most once per SWEEP_EVERY_S per process: the sweep lists the whole folder, and a shared
+folder of many thousand cut-outs should not be listed on every write.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from typing import BinaryIO
 TEMP_PREFIX = ".u2net-tmp."
 # A live writer's named temporary lives for one write (seconds at most); a killed one's for ever.
 STALE_AFTER_S = 10 * 60
+SWEEP_EVERY_S = 60.0
+_MAX_REMEMBERED_FOLDERS = 4096
 
 Writer = Callable[[BinaryIO], None] | bytes | bytearray | memoryview
 
@@ -86,6 +90,21 @@ def atomic_write_at(dir_fd: int, name: str, write: Writer,
         os.close(fd)
         if temp is not None:
             _unlink_quietly(dir_fd, temp)
+    _sweep_now_and_then(dir_fd)
+
+
+_last_sweep: dict[tuple[int, int], float] = {}  # (st_dev, st_ino) of a folder -> monotonic time
+
+
+def _sweep_now_and_then(dir_fd: int) -> None:
+    st = os.fstat(dir_fd)
+    key, now = (st.st_dev, st.st_ino), time.monotonic()
+    last = _last_sweep.get(key)
+    if last is not None and now - last < SWEEP_EVERY_S:
+        return
+    if len(_last_sweep) >= _MAX_REMEMBERED_FOLDERS:
+        _last_sweep.clear()  # forgetting only means one extra sweep per folder
+    _last_sweep[key] = now
     remove_stale_temporaries(dir_fd)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import snapshot
-from u2net.atomic import STALE_AFTER_S, TEMP_PREFIX, remove_stale_temporaries
+from u2net.atomic import STALE_AFTER_S, SWEEP_EVERY_S, TEMP_PREFIX, remove_stale_temporaries
 
 from bgservice.errors import (
     BadRequest,
@@ -237,8 +237,11 @@ def test_process_killed_mid_write_leaves_no_partial_output_and_no_temporary(tmp_
 
 
 def test_without_unnamed_files_a_killed_writers_temporary_is_swept_once_stale(tmp_path, monkeypatch):
-    """Where O_TMPFILE is missing, a kill leaves a named temporary; the next write to the folder
-    removes it once it is older than STALE_AFTER_S (a live writer's is never that old)."""
+    """Where O_TMPFILE is missing, a kill leaves a named temporary; a later write to the folder
+    removes it once it is older than STALE_AFTER_S (a live writer's is never that old). A folder is
+    listed at most once per SWEEP_EVERY_S, not on every write."""
+    clock = [1000.0]
+    monkeypatch.setattr("u2net.atomic.time.monotonic", lambda: clock[0])
     target = tmp_path / "out.png"
     killed_mid_write(target, unnamed=False)
     (left,) = tmp_path.iterdir()
@@ -250,6 +253,9 @@ def test_without_unnamed_files_a_killed_writers_temporary_is_swept_once_stale(tm
     os.utime(tmp_path / "unrelated.tmp", (time.time() - STALE_AFTER_S - 1,) * 2)
     monkeypatch.setattr("u2net.atomic._USE_TMPFILE", False)
     atomic_write(tmp_path / "other.png", b"y")
+    assert left.exists()  # swept moments ago: not listed again yet
+    clock[0] += SWEEP_EVERY_S
+    atomic_write(tmp_path / "other.png", b"z")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.png", "unrelated.tmp"]
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -20,13 +20,17 @@ def test_ruff_finds_nothing():
 
 
 def test_the_core_never_imports_the_http_layer():
-    """bgservice and u2net are the core; API.py (Flask routes) builds on them, never the reverse."""
+    """bgservice and u2net are the core; the HTTP layer (API.py and its webapp package: the OpenAPI
+    description, the web page) builds on them, never the reverse."""
     import re
 
+    http = r"^\s*(import (API|webapp|flask)\b|from (API|webapp|flask)\b)"
     offenders = [str(path.relative_to(PROJECT)) for folder in ("bgservice", "U-2-Net")
                  for path in (PROJECT / folder).rglob("*.py")
-                 if re.search(r"^\s*(import API\b|from API import)", path.read_text(), re.MULTILINE)]
+                 if re.search(http, path.read_text(), re.MULTILINE)]
     assert offenders == []
+    assert not (PROJECT / "bgservice" / "web").exists()
+    assert not (PROJECT / "bgservice" / "openapi.py").exists()
 
 
 @pytest.mark.slow
@@ -34,7 +38,7 @@ def test_mypy_finds_nothing(tmp_path):
     """A type check of the service's code (settings in pyproject.toml, [tool.mypy])."""
     (tmp_path / "u2net").symlink_to(PROJECT / "U-2-Net", target_is_directory=True)
     mypy = Path(sys.executable).with_name("mypy")
-    targets = ["-p", "u2net", "-p", "bgservice", "-m", "API", "-m", "GlobalVariables",
+    targets = ["-p", "u2net", "-p", "bgservice", "-p", "webapp", "-m", "API", "-m", "GlobalVariables",
                "-m", "Image_PostProcesser", "-m", "gunicorn_conf"]
     result = subprocess.run([str(mypy), "--cache-dir", str(tmp_path / "cache"), *targets],
                             cwd=PROJECT, capture_output=True, text=True, timeout=600, check=False,

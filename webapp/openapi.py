@@ -8,8 +8,7 @@ from __future__ import annotations
 from importlib import metadata
 
 import Image_PostProcesser as post
-
-from .fields import FORMATS, JSON_OPTIONS, OPTIONS, PATHS
+from bgservice.fields import FORMATS, JSON_OPTIONS, OPTIONS, PATHS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
