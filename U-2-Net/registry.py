@@ -1,7 +1,8 @@
 """The models this service can run, each with everything that must stay consistent with its weights.
 
-One `ModelSpec` per released checkpoint: architecture, file name, size, checksum where a trustworthy
-one is known, official source, and the preprocessing the weights were trained with. The code that
+One `ModelSpec` per released checkpoint: architecture, file name, size, the places its weights can
+be fetched from (each with that file's checksum where one is published), and the preprocessing the
+weights were trained with. The code that
 feeds a model reads these fields, so input size and normalisation cannot drift from the weights.
 """
 from __future__ import annotations
@@ -11,18 +12,42 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Source:
+    """One place a model's weights can be fetched from, with the checksum of that very file.
+
+    `kind` is "pth" (a state dict, loaded strictly) or "onnx" (an export, imported into the
+    architecture by u2net.onnx_import and proved against ONNX Runtime before it is kept). Where no
+    checksum is published (the authors' own Drive files) the strict load is the only check.
+    """
+    url: str
+    host: str  # who publishes it, for messages: "authors' Google Drive", "rembg's GitHub release"
+    kind: str = "pth"
+    sha256: str | None = None
+    md5: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"source kind must be one of {SOURCE_KINDS}, not {self.kind!r}")
+
+
+SOURCE_KINDS = ("pth", "onnx")
+
+
+def source_kind(url: str) -> str:
+    """The kind of a source given only by its URL (`bgremove download --url`): by its suffix."""
+    path = url.split("?", 1)[0].split("#", 1)[0]
+    return "onnx" if path.lower().endswith(".onnx") else "pth"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     architecture: str  # key of model.ARCHITECTURES
     filename: str
     size_mb: float  # approximate, for the progress bar and the docs
-    urls: tuple[str, ...]  # official source first
-    # Checksums of the official file. None where no authoritative value is published: the U-2-Net
-    # authors publish none, and public downloaders disagree on which MD5 belongs to u2net and which
-    # to u2net_human_seg. A deployment pins one with `download --sha256` / U2NET_WEIGHTS_SHA256.
-    sha256: str | None = None
-    md5: str | None = None
+    sources: tuple[Source, ...]  # tried in order by `bgremove download`
     description: str = ""
+    licence: str = "Apache-2.0"
     input_size: int = 320  # square side the network sees (authors' RescaleT(320))
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet, after dividing by max
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -37,6 +62,27 @@ def _google_drive(file_id: str) -> str:
     return f"https://drive.usercontent.google.com/download?id={file_id}&export=download&confirm=t"
 
 
+def _drive(file_id: str, md5: str | None = None) -> Source:
+    return Source(_google_drive(file_id), "the authors' Google Drive", md5=md5)
+
+
+# rembg's ONNX exports, with the MD5s rembg itself checks (rembg/sessions/*.py). Drive often refuses
+# automated downloads ("quota exceeded"; rembg issues #2, #39, #187, #318, #328): these are the
+# checksummed fallback, imported into the architecture after the checksum matches.
+_REMBG = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/"
+
+
+def _rembg(filename: str, md5: str) -> Source:
+    return Source(_REMBG + filename, "rembg's GitHub release (ONNX)", kind="onnx", md5=md5)
+
+
+def _hugging_face(repo: str, filename: str, sha256: str) -> Source:
+    # The SHA-256 Hugging Face publishes for the file (its LFS object id). Whether these mirrors
+    # equal the authors' Drive files is unconfirmed; the strict load checks the architecture.
+    return Source(f"https://huggingface.co/{repo}/resolve/main/{filename}",
+                  f"Hugging Face mirror {repo}", sha256=sha256)
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -45,7 +91,12 @@ MODELS: dict[str, ModelSpec] = {
             architecture="U2NET",
             filename="u2net_human_seg.pth",
             size_mb=176.3,
-            urls=(_google_drive("1m_Kgs91b21gayc2XLW0ou8yugAIadWVP"),),
+            sources=(
+                _drive("1m_Kgs91b21gayc2XLW0ou8yugAIadWVP"),
+                _hugging_face("damli/u2net", "u2net_human_seg.pth",
+                              "13f0396e3f6fbc1d7ab55a8558640bef306a59b9110a5c595eb949ff69cf2414"),
+                _rembg("u2net_human_seg.onnx", "c09ddc2e0104f800e3e1bb4652583d1f"),
+            ),
             description="Full U2NET trained for human segmentation (the OpenClone model).",
         ),
         ModelSpec(
@@ -53,7 +104,12 @@ MODELS: dict[str, ModelSpec] = {
             architecture="U2NET",
             filename="u2net.pth",
             size_mb=176.3,
-            urls=(_google_drive("1ao1ovG1Qtx4b7EoskHXmi2E9rp5CHLcZ"),),
+            sources=(
+                _drive("1ao1ovG1Qtx4b7EoskHXmi2E9rp5CHLcZ"),
+                _hugging_face("akhaliq/U-2-Net", "u2net.pth",
+                              "10025a17f49cd3208afc342b589890e402ee63123d6f2d289a4a0903695cce58"),
+                _rembg("u2net.onnx", "60024c5c889badc19c04ad937298a77b"),
+            ),
             description="Full U2NET for salient objects (general-purpose).",
         ),
         ModelSpec(
@@ -61,9 +117,11 @@ MODELS: dict[str, ModelSpec] = {
             architecture="U2NETP",
             filename="u2netp.pth",
             size_mb=4.7,
-            urls=(_google_drive("1rbSTGKAE-MTxBYHd-51l2hMOQPT_7EPy"),),
-            # The one MD5 every public downloader agrees on.
-            md5="e4f636406ca4e2af789941e7f139ee2e",
+            sources=(
+                # The one MD5 every public downloader agrees on for the Drive file.
+                _drive("1rbSTGKAE-MTxBYHd-51l2hMOQPT_7EPy", md5="e4f636406ca4e2af789941e7f139ee2e"),
+                _rembg("u2netp.onnx", "8e83ca70e441ab06c318d82300c84806"),
+            ),
             description="U2NETP, the 1.1 M-parameter variant (salient objects).",
         ),
         ModelSpec(
@@ -71,10 +129,13 @@ MODELS: dict[str, ModelSpec] = {
             architecture="ISNetDIS",
             filename="isnet-general-use.pth",
             size_mb=176.6,
-            # The DIS README names this file with two Drive ids; both are listed (issue 11 will
-            # add checksummed mirrors).
-            urls=(_google_drive("1XHIzgTzY5BQHw140EDIgwIb53K659ENH"),
-                  _google_drive("1nV57qKuy--d5u1yvkng9aXW1KS4sOpOi")),
+            sources=(
+                # Checksummed first: the DIS README names this file with two Drive ids (and a
+                # third, broken link), so the Drive copies are only candidates.
+                _rembg("isnet-general-use.onnx", "fc16ebd8b0c10d971d3513d564d01e29"),
+                _drive("1XHIzgTzY5BQHw140EDIgwIb53K659ENH"),
+                _drive("1nV57qKuy--d5u1yvkng9aXW1KS4sOpOi"),
+            ),
             description="IS-Net general use (ECCV 2022): salient objects, sharper and better at "
                         "people than U²-Net, at 1024x1024 (several times the compute).",
             input_size=1024,

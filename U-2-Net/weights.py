@@ -2,8 +2,9 @@
 
 Loading is strict and safe: `torch.load(weights_only=True)` (no pickle code runs) and
 `load_state_dict(strict=True)` (a checkpoint for another architecture fails loudly instead of
-producing garbage masks). Downloads go to a temporary file beside the destination and are renamed
-into place only after the checksum and a strict load pass, so no partial file is ever left behind.
+producing garbage masks). Downloads try each of a model's sources in turn (registry.Source); a file
+goes to a temporary file beside the destination and is put in place only after its checksum and a
+strict load (or, for an ONNX export, a proved import) pass, so no partial file is ever left behind.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .model import ARCHITECTURES, U2Net
-from .registry import ModelLoadError, ModelSpec
+from .registry import ModelLoadError, ModelSpec, Source
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +110,22 @@ class Checksum:
     expected: str
 
 
-def expected_checksum(spec: ModelSpec, sha256: str | None = None) -> Checksum | None:
-    """The checksum a download must match: a pinned SHA-256 first, then the registry's."""
+def expected_checksum(source: Source, sha256: str | None = None) -> Checksum | None:
+    """The checksum a fetched file must match: a pinned SHA-256 first, then the source's own."""
     if sha256:
         return Checksum("sha256", sha256.lower())
-    if spec.sha256:
-        return Checksum("sha256", spec.sha256)
-    if spec.md5:
-        return Checksum("md5", spec.md5)
+    if source.sha256:
+        return Checksum("sha256", source.sha256)
+    if source.md5:
+        return Checksum("md5", source.md5)
     return None
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    source: Source
+    fetched_sha256: str  # of the file fetched from the source
+    sha256: str  # of the .pth written (the same file for a .pth source; the import for ONNX)
 
 
 def _progress(total: int | None, desc: str, enabled: bool):
@@ -147,45 +156,71 @@ def _download_to(url: str, fileobj, hashers: list, desc: str, progress: bool, ti
             raise WeightsError(f"download cut short: got {received} of {expected} bytes")
 
 
-def download(spec: ModelSpec, dest: Path, *, urls: tuple[str, ...] | None = None,
-             sha256: str | None = None, progress: bool = True, timeout: float = 60.0) -> str:
-    """Fetch `spec`'s weights to `dest`, verify them, and return their SHA-256.
+def download(spec: ModelSpec, dest: Path, *, sources: tuple[Source, ...] | None = None,
+             sha256: str | None = None, progress: bool = True, timeout: float = 60.0) -> Downloaded:
+    """Fetch `spec`'s weights to `dest` (a .pth), verify them, and say where they came from.
 
-    Tries each source in turn. The file is verified by checksum (when one is known or pinned) and
-    by a strict load into the architecture before it is renamed into place; on any failure the
-    temporary file is removed and `dest` is left as it was.
+    Tries each source in turn (the registry's, unless `sources` are given). A fetched file must
+    match its checksum (the pinned `sha256`, else the source's own), then a .pth must load strictly
+    into the architecture, and an ONNX export must import into it and agree with ONNX Runtime
+    (u2net.onnx_import). Only then is `dest` written, atomically; on any failure `dest` is left as
+    it was and nothing else remains.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    want = expected_checksum(spec, sha256)
     errors = []
-    for url in urls or spec.urls:
+    for source in sources or spec.sources:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         tmp = Path(tmp_name)
         try:
-            hashers = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
-            with os.fdopen(fd, "wb") as f:
-                _download_to(url, f, list(hashers.values()), spec.filename, progress, timeout)
-                f.flush()
-                os.fsync(f.fileno())
-            got = {name: h.hexdigest() for name, h in hashers.items()}
-            if want and got[want.algorithm] != want.expected:
-                raise WeightsError(f"checksum mismatch for {spec.filename} from {url}: "
-                                   f"{want.algorithm} {got[want.algorithm]}, expected {want.expected}")
-            build_model(spec, tmp)  # a file that does not load strictly is not kept
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-            if want is None:
-                log.warning("no published checksum for %s; verified by a strict load only. "
-                            "SHA-256 %s (pin it with --sha256)", spec.name, got["sha256"])
-            return got["sha256"]
+            fetched = _fetch_verified(source, fd, sha256, spec, progress, timeout)
+            written = _install(source, tmp, dest, spec) or fetched
+            if expected_checksum(source, sha256) is None:
+                log.warning("no published checksum for %s from %s; verified by a strict load only. "
+                            "SHA-256 %s (pin it with --sha256)", spec.name, source.host, fetched)
+            return Downloaded(source, fetched, written)
         except Exception as exc:  # try the next source; report all failures at the end
-            errors.append(f"{url}: {exc}")
+            errors.append(f"{source.host} ({source.url}): {exc}")
+        finally:
             tmp.unlink(missing_ok=True)
-    raise WeightsError(f"could not download {spec.name}: " + "; ".join(errors))
+    raise WeightsError(f"could not download {spec.name}: " + "; ".join(errors) + ". "
+                       f"Without network access, fetch the file elsewhere and run: bgremove "
+                       f"download {spec.name} --url file:///path/to/{spec.filename} (or an ONNX "
+                       "export: .onnx) --sha256 <its SHA-256>")
+
+
+def _fetch_verified(source: Source, fd: int, sha256: str | None, spec: ModelSpec, progress: bool,
+                    timeout: float) -> str:
+    """Fetch `source` into the open file `fd`, check its checksum, return its SHA-256."""
+    hashers = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
+    with os.fdopen(fd, "wb") as f:
+        _download_to(source.url, f, list(hashers.values()), spec.filename, progress, timeout)
+        f.flush()
+        os.fsync(f.fileno())
+    got = {name: h.hexdigest() for name, h in hashers.items()}
+    want = expected_checksum(source, sha256)
+    if want and got[want.algorithm] != want.expected:
+        raise WeightsError(f"checksum mismatch: {want.algorithm} {got[want.algorithm]}, "
+                           f"expected {want.expected}")
+    return got["sha256"]
+
+
+def _install(source: Source, fetched: Path, dest: Path, spec: ModelSpec) -> str | None:
+    """Put the verified file in place as `dest`; returns the SHA-256 of what was written when it
+    is not the fetched file itself (an imported ONNX export)."""
+    if source.kind == "pth":
+        build_model(spec, fetched)  # a file that does not load strictly is not kept
+        os.chmod(fetched, 0o644)
+        os.replace(fetched, dest)
+        return None
+    from .onnx_import import import_onnx  # onnx is needed only here
+
+    state = import_onnx(fetched, ARCHITECTURES[spec.architecture](), spec.input_size)
+    atomic_write(dest, lambda f: torch.save(state, f))
+    return file_digest(dest)
 
 
 __all__ = [
-    "WeightsError", "build_model", "clean_state_dict", "default_weights_path", "download",
+    "Downloaded", "WeightsError", "build_model", "clean_state_dict", "default_weights_path", "download",
     "expected_checksum", "fetch_command", "file_digest", "resolve_weights",
 ]

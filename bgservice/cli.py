@@ -1,7 +1,7 @@
 """The project's command line: `bgremove` (or `python -m bgservice`).
 
     bgremove remove IN... [-o OUT]   cut out files, folders (recursively) or stdin (-)
-    bgremove download [NAME]   fetch a model's weights from its official source and verify them
+    bgremove download [NAME]   fetch a model's weights from its sources in turn and verify them
     bgremove models            list the models the service knows
     bgremove evaluate DATA     score modes on images with ground truth (CSV + contact sheet)
     bgremove train --images DIR --masks DIR --out FILE   train or fine-tune on image/mask pairs
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from u2net.atomic import atomic_write
-from u2net.registry import MODELS, ModelLoadError, UnknownModel, get_spec
+from u2net.registry import MODELS, ModelLoadError, Source, UnknownModel, get_spec, source_kind
 from u2net.weights import default_weights_path, download
 
 from GlobalVariables import Settings, SettingsError, configure_logging
@@ -36,9 +36,14 @@ def _cmd_download(args: argparse.Namespace, settings: Settings) -> int:
     if dest.exists() and not args.force:
         print(f"{dest} already exists (use --force to download it again)")
         return 0
-    digest = download(spec, dest, urls=tuple(args.url) if args.url else None,
-                      sha256=args.sha256 or settings.weights_sha256, progress=not args.quiet)
-    print(f"saved {dest} (sha256 {digest})")
+    sources = tuple(Source(url, "the --url given", kind=source_kind(url)) for url in args.url or ())
+    got = download(spec, dest, sources=sources or None,
+                   sha256=args.sha256 or settings.weights_sha256, progress=not args.quiet)
+    print(f"saved {dest} (sha256 {got.sha256})")
+    print(f"  from {got.source.host}: {got.source.url}")
+    if got.source.kind == "onnx":
+        print(f"  an ONNX export (sha256 {got.fetched_sha256}), imported and proved against "
+              "ONNX Runtime")
     return 0
 
 
@@ -219,10 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--models-dir", type=Path,
                      help="where weights live (default: $U2NET_MODELS_DIR or saved_models/)")
     get.add_argument("--url", action="append",
-                     help="fetch from this URL instead of the official source (repeatable; "
-                          "file:///path works for a copy you already have)")
+                     help="fetch from this URL instead of the model's sources (repeatable; "
+                          "file:///path works for a copy you already have; a name ending in "
+                          ".onnx is imported as an ONNX export)")
     get.add_argument("--sha256",
-                     help="expected SHA-256 (default: $U2NET_WEIGHTS_SHA256, else the registry's)")
+                     help="the SHA-256 the fetched file must have (default: "
+                          "$U2NET_WEIGHTS_SHA256, else each source's own checksum)")
     get.add_argument("--force", action="store_true", help="download even if the file exists")
     get.add_argument("--quiet", action="store_true", help="no progress bar")
     get.set_defaults(run=_cmd_download)

@@ -298,3 +298,35 @@ def two_subjects_and_a_speck(rgb, timeout=None, timings=None):
     cv2.circle(mask, (3 * w // 4, h // 2), h // 5, 255, -1)
     cv2.circle(mask, (w - 6, 5), 2, 255, -1)
     return mask
+
+
+def export_onnx(net, tmp_path, **kwargs):
+    """The network as ONNX (`do_constant_folding=False` keeps its batch norms)."""
+    import warnings
+
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net.eval(), (torch.zeros(1, 3, 64, 64),), buf, input_names=["input"],
+                          output_names=["mask"], dynamic_axes={"input": {2: "h", 3: "w"}},
+                          opset_version=17, dynamo=False, **kwargs)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def trained_like_u2netp():
+    """Random weights with batch-norm statistics that are not the identity (as trained ones)."""
+    import torch
+    from u2net.model import U2NETP
+
+    torch.manual_seed(0)
+    net = U2NETP()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return net.eval()

@@ -71,7 +71,7 @@ def test_registry_names_the_models_with_their_preprocessing():
     human = get_spec("u2net_human_seg")
     assert human.architecture == "U2NET" and human.filename == "u2net_human_seg.pth"
     assert human.input_size == 320 and human.mean == (0.485, 0.456, 0.406)
-    assert all(spec.urls for spec in MODELS.values())
+    assert all(spec.sources for spec in MODELS.values())
     isnet = get_spec("isnet-general-use")
     assert isnet.architecture == "ISNetDIS" and isnet.input_size == 1024
     assert (isnet.mean, isnet.std, isnet.resize) == ((0.5,) * 3, (1.0,) * 3, "bilinear")

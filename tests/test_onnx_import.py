@@ -3,47 +3,20 @@ norm folded) onto the project's ISNetDIS, U2NETP exports of the project's own ex
 norm folded and kept, and a refusal when the graph is another architecture."""
 from __future__ import annotations
 
-import io
-import warnings
-
 import pytest
 import torch
 from conftest import shared_path
+from helpers import export_onnx, trained_like_u2netp
 from u2net.model import U2NET, U2NETP, ISNetDIS
 from u2net.onnx_import import ImportRefused, import_onnx, probe_difference
 
 pytestmark = pytest.mark.slow
 
 
-def export(net, tmp_path, **kwargs):
-    """The network as ONNX (`do_constant_folding=False` keeps its batch norms)."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net.eval(), (torch.zeros(1, 3, 64, 64),), buf, input_names=["input"],
-                          output_names=["mask"], dynamic_axes={"input": {2: "h", 3: "w"}},
-                          opset_version=17, dynamo=False, **kwargs)
-    path = tmp_path / "model.onnx"
-    path.write_bytes(buf.getvalue())
-    return path
-
-
-def trained_like_u2netp() -> torch.nn.Module:
-    """Random weights with batch-norm statistics that are not the identity (as trained ones)."""
-    torch.manual_seed(0)
-    net = U2NETP()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-    return net.eval()
-
-
 @pytest.mark.parametrize("fold", [True, False])
 def test_u2netp_exports_import_with_batch_norm_folded_or_kept(tmp_path, fold):
     original = trained_like_u2netp()
-    path = export(original, tmp_path, do_constant_folding=fold)
+    path = export_onnx(original, tmp_path, do_constant_folding=fold)
     net = U2NETP()
     state = import_onnx(path, net, input_size=320)
     net.load_state_dict(state, strict=True)
@@ -57,7 +30,7 @@ def test_u2netp_exports_import_with_batch_norm_folded_or_kept(tmp_path, fold):
 
 
 def test_another_architectures_graph_is_refused(tmp_path):
-    path = export(trained_like_u2netp(), tmp_path)
+    path = export_onnx(trained_like_u2netp(), tmp_path)
     with pytest.raises(ImportRefused, match=r"convolution 0 .* has shape \(16, 3, 3, 3\)|shape"):
         import_onnx(path, U2NET(), input_size=320)
 
@@ -72,7 +45,7 @@ def test_a_graph_whose_outputs_differ_is_refused(tmp_path):
         def forward(self, x):
             return torch.sigmoid(self.net(x, fused_only=True) * 4)
 
-    path = export(Sharper(), tmp_path)
+    path = export_onnx(Sharper(), tmp_path)
     with pytest.raises(ImportRefused, match="differ by up to"):
         import_onnx(path, U2NETP(), input_size=320)
 
@@ -98,7 +71,7 @@ def test_the_cli_imports_and_refuses(tmp_path):
     from u2net.registry import get_spec
     from u2net.weights import build_model
 
-    path = export(trained_like_u2netp(), tmp_path)
+    path = export_onnx(trained_like_u2netp(), tmp_path)
     out = tmp_path / "imported.pth"
     cli = [sys.executable, "-m", "bgservice", "import-onnx", str(path), "-o", str(out)]
     done = subprocess.run([*cli, "--model", "u2netp"], capture_output=True, text=True, timeout=300)
@@ -119,7 +92,7 @@ def test_an_onnx_file_as_u2net_weights_is_imported_once_and_cached(tmp_path):
     original = trained_like_u2netp()
     pth = tmp_path / "original.pth"
     torch.save(original.state_dict(), pth)
-    onnx_path = export(original, tmp_path)
+    onnx_path = export_onnx(original, tmp_path)
     cache = tmp_path / "cache"
 
     def load(weights):
