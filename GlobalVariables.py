@@ -90,7 +90,7 @@ class Settings:
     # auto|torch|onnxruntime, auto = ONNX Runtime on CPU, PyTorch on CUDA; U2NET_PRECISION).
     device: str = "auto"
     engine: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # fp32, or the model's measured amx_precision on an AMX CPU
     # ONNX exports of the weights are cached here (U2NET_CACHE_DIR; default <models_dir>/.cache).
     cache_dir: Path | None = None
     # Dynamic batching (U2NET_MAX_BATCH, U2NET_BATCH_WAIT_MS) and the bound on waiting work

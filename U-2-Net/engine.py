@@ -19,7 +19,7 @@ import torch
 
 from .atomic import atomic_write
 from .model import U2Net
-from .registry import ENGINES, PRECISIONS
+from .registry import ENGINES, PRECISIONS, ModelSpec
 from .transforms import normalise_prediction
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,28 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has bf16 matrix units (Intel AMX: the `amx_bf16` flag), which oneDNN uses
+    for bf16 convolutions. avx512_bf16 alone gives far less, so it does not count."""
+    try:
+        with open(cpuinfo) as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def resolve_precision(requested: str, engine: str, spec: ModelSpec, device: torch.device,
+                      amx: bool | None = None) -> str:
+    """The precision to run: `requested` itself unless it is "auto". Auto is fp32 (exact), except
+    on a CPU with AMX, where the model's measured `amx_precision` runs (unless the engine is
+    ONNX Runtime, which runs fp32 only). On CUDA auto stays fp32 until a GPU run has measured it."""
+    if requested != "auto":
+        return requested
+    if device.type != "cpu" or engine == "onnxruntime":
+        return "fp32"
+    return spec.amx_precision if (cpu_has_amx() if amx is None else amx) else "fp32"
 
 
 def choose_engine(requested: str, device: torch.device, precision: str = "fp32") -> str:
@@ -138,6 +160,22 @@ def _keep_in_fp32(module: torch.nn.Module, device_type: str) -> None:
     module.forward = forward
 
 
+# What U2NET_PRECISION=auto demands of a reduced precision on the calibration input at load, against
+# fp32 (TorchPredictor.agreement_with_fp32); below it the runtime falls back to fp32. A guard
+# against a broken bf16 path on this machine, not the proof of quality (that is
+# tests/test_precision.py on real photos): a synthetic input shows less than photos do.
+MIN_AUTO_IOU = 0.99
+MAX_AUTO_MAD = 1.0  # /255
+
+
+def mask_agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(IoU of the masks at 0.5, mean absolute difference in 1/255) of two [0, 1] predictions."""
+    a, b = reference >= 0.5, other >= 0.5
+    union = int(np.logical_or(a, b).sum())
+    iou = 1.0 if union == 0 else float(np.logical_and(a, b).sum()) / union
+    return iou, float(np.abs(reference - other).mean() * 255)
+
+
 class TorchPredictor:
     """The network on its device in PyTorch: a batch of prepared inputs in, masks out.
 
@@ -182,6 +220,13 @@ class TorchPredictor:
                             enabled=dtype is not None):
             d0 = self.net(x, fused_only=True)
         return _postprocess(d0[:, 0].float().cpu().numpy())
+
+    @torch.inference_mode()
+    def agreement_with_fp32(self, batch: np.ndarray) -> tuple[float, float]:
+        """`mask_agreement` of this predictor's masks for `batch` against the same network in fp32."""
+        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+        reference = _postprocess(self.net(x, fused_only=True)[:, 0].float().cpu().numpy())
+        return mask_agreement(reference, self(batch))
 
 
 class _FusedOutput(torch.nn.Module):

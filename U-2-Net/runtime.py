@@ -22,12 +22,15 @@ import torch
 
 from .batching import DynamicBatcher, QueueFull
 from .engine import (
+    MAX_AUTO_MAD,
+    MIN_AUTO_IOU,
     OnnxPredictor,
     TorchPredictor,
     choose_device,
     choose_engine,
     describe_device,
     onnx_model_bytes,
+    resolve_precision,
 )
 from .memory import release_free_memory
 from .registry import ModelSpec, get_spec
@@ -64,7 +67,7 @@ class RuntimeOptions:
     weights: Path | None = None  # a user's own .pth for the model's architecture
     device: str = "auto"
     engine: str = "auto"  # auto: onnxruntime on CPU, torch on CUDA
-    precision: str = "fp32"
+    precision: str = "auto"  # see engine.resolve_precision
     cache_dir: Path | None = None  # where ONNX exports are kept (None: export in memory)
     # 0 = auto: 8 on CUDA (batches raise GPU throughput); 1 on CPU, where a batch of n takes n
     # times as long and only delays its first member (measured: same throughput, worse p99).
@@ -89,6 +92,31 @@ def calibration_input(spec: ModelSpec) -> np.ndarray:
     image = field.astype(np.int16) + rng.integers(-12, 13, field.shape)
     image[subject] = image[subject] // 2 + 90
     return to_model_input(np.clip(image, 0, 255).astype(np.uint8), spec)[None]
+
+
+def _build_predictor(spec: ModelSpec, path: Path, sha256: str, device: torch.device,
+                     options: RuntimeOptions, precision: str) -> Predictor:
+    engine = choose_engine(options.engine, device, precision)
+    if engine == "onnxruntime":
+        model = onnx_model_bytes(lambda: build_model(spec, path), spec.input_size,
+                                 options.cache_dir, sha256)
+        return OnnxPredictor(model, precision)
+    return TorchPredictor(build_model(spec, path), device, precision,
+                          calibration=torch.from_numpy(calibration_input(spec)))
+
+
+def _checked_or_fp32(predictor: Predictor, spec: ModelSpec, path: Path, sha256: str,
+                     device: torch.device, options: RuntimeOptions) -> Predictor:
+    """The reduced precision `auto` chose, if its masks agree with fp32 on the calibration input
+    (engine.MIN_AUTO_IOU, MAX_AUTO_MAD); else an fp32 predictor, with a warning."""
+    assert isinstance(predictor, TorchPredictor)
+    iou, mad = predictor.agreement_with_fp32(calibration_input(spec))
+    predictor.auto_check = {"iou_vs_fp32": round(iou, 5), "mad_vs_fp32": round(mad, 3)}
+    if iou >= MIN_AUTO_IOU and mad <= MAX_AUTO_MAD:
+        return predictor
+    log.warning("%s on this machine moves %s's calibration mask (IoU %.4f, MAD %.2f/255 against "
+                "fp32): running fp32 instead", predictor.precision, spec.name, iou, mad)
+    return _build_predictor(spec, path, sha256, device, options, "fp32")
 
 
 class ModelRuntime:
@@ -126,20 +154,14 @@ class ModelRuntime:
         started = time.perf_counter()
         sha256 = file_digest(path)
         device = choose_device(options.device)
-        engine = choose_engine(options.engine, device, options.precision)
-        predictor: Predictor
-        if engine == "onnxruntime":
-            model = onnx_model_bytes(lambda: build_model(spec, path), spec.input_size,
-                                     options.cache_dir, sha256)
-            predictor = OnnxPredictor(model, options.precision)
-            del model
-        else:
-            predictor = TorchPredictor(build_model(spec, path), device, options.precision,
-                                       calibration=torch.from_numpy(calibration_input(spec)))
+        precision = resolve_precision(options.precision, options.engine, spec, device)
+        predictor = _build_predictor(spec, path, sha256, device, options, precision)
+        if options.precision == "auto" and precision != "fp32":
+            predictor = _checked_or_fp32(predictor, spec, path, sha256, device, options)
         release_free_memory()  # the PyTorch copy and the export are garbage now
         log.info("loaded %s (%s) from %s (sha256 %s) on %s with %s, %s, in %.2f s", spec.name,
-                 spec.architecture, path, sha256, describe_device(device), engine,
-                 options.precision, time.perf_counter() - started)
+                 spec.architecture, path, sha256, describe_device(device), predictor.engine,
+                 predictor.precision, time.perf_counter() - started)
         return cls(spec, path, predictor, options, sha256)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -259,6 +281,9 @@ class ModelRuntime:
             "device": describe_device(self.predictor.device),
             "engine": self.predictor.engine,
             "precision": self.predictor.precision,
+            "precision_requested": self.options.precision,
+            # auto's check of a reduced precision against fp32 at load (IoU, MAD /255), if any
+            "precision_check": getattr(self.predictor, "auto_check", None),
             "fp32_layers": getattr(self.predictor, "fp32_layers", []),
             "input_size": self.spec.input_size,
             "max_batch_size": self.max_batch,

@@ -44,9 +44,10 @@ import cv2
 import numpy as np
 import torch
 from timing import median_ms
+from u2net.engine import mask_agreement
 from u2net.model import ARCHITECTURES
 from u2net.registry import get_spec
-from u2net.runtime import ModelRuntime, RuntimeOptions
+from u2net.runtime import ModelRuntime, RuntimeOptions, calibration_input
 
 from bgservice.options import OutputOptions
 from bgservice.paths import SharedRoot
@@ -106,11 +107,11 @@ def random_weights(architecture: str, folder: Path) -> Path:
     return path
 
 
-def bare_forward_ms(architecture: str, device: torch.device, repeat: int) -> float:
+def bare_forward_ms(architecture: str, device: torch.device, repeat: int, size: int = 320) -> float:
     """The baseline: one eager PyTorch fp32 forward at batch 1, nothing else."""
     torch.manual_seed(0)
     net = ARCHITECTURES[architecture]().eval().to(device)
-    x = torch.randn(1, 3, 320, 320, device=device)
+    x = torch.randn(1, 3, size, size, device=device)
 
     def run():
         with torch.inference_mode():
@@ -119,6 +120,30 @@ def bare_forward_ms(architecture: str, device: torch.device, repeat: int) -> flo
             torch.cuda.synchronize()
 
     return median_ms(run, repeat, warmup=2)
+
+
+def engine_table(options: RuntimeOptions, device: torch.device, repeat: int) -> list[dict]:
+    """The network alone at batch 1 in every engine and precision this device runs, on the same
+    photo-like input (runtime.calibration_input), as milliseconds; with each precision's masks
+    against fp32 (IoU at 0.5, MAD /255) on that input."""
+    combos = [("torch", "fp32"), ("onnxruntime", "fp32"), ("torch", "bf16")]
+    if device.type == "cuda":
+        combos = [("torch", "fp32"), ("torch", "tf32"), ("torch", "bf16"), ("torch", "fp16")]
+    rows, reference = [], None
+    for engine, precision in combos:
+        runtime = ModelRuntime.load(replace(options, engine=engine, precision=precision, max_batch=1))
+        try:
+            x = calibration_input(runtime.spec)
+            mask = runtime.predictor(x)
+            reference = mask if reference is None else reference
+            iou, mad = mask_agreement(reference, mask)
+            ms = median_ms(lambda p=runtime.predictor, x=x: p(x), repeat, warmup=1)
+            rows.append({"engine": engine, "precision": precision, "ms": ms, "iou_vs_fp32": iou,
+                         "mad_vs_fp32": mad,
+                         "fp32_layers": getattr(runtime.predictor, "fp32_layers", [])})
+        finally:
+            runtime.close()
+    return rows
 
 
 def in_process(remover, root, paths, repeat) -> dict:
@@ -322,7 +347,11 @@ def main() -> int:
     parser.add_argument("--model", default="u2net_human_seg")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--engine", default="auto")
-    parser.add_argument("--precision", default="fp32", help="fp32 (exact), tf32, bf16 or fp16")
+    parser.add_argument("--precision", default="auto",
+                        help="auto (the service's default), fp32 (exact), tf32, bf16 or fp16")
+    parser.add_argument("--weights", type=Path,
+                        help="real weights (.pth or .onnx) instead of random ones: auto's check "
+                             "against fp32 and the engines' agreement need them")
     parser.add_argument("--max-batch", type=int, default=0, help="U2NET_MAX_BATCH (0: auto)")
     parser.add_argument("--compare-precision", default="", metavar="P1,P2",
                         help="also compare these precisions (network batches, HTTP clients)")
@@ -342,7 +371,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="u2net-bench-"))
     root = tmp / "OpenCloneFS"
     root.mkdir()
-    weights = random_weights(spec.architecture, tmp)
+    weights = args.weights or random_weights(spec.architecture, tmp)
     options = RuntimeOptions(model=args.model, weights=weights, device=args.device,
                              engine=args.engine, precision=args.precision,
                              max_batch=args.max_batch, cache_dir=tmp / "cache", warmup_runs=2)
@@ -353,23 +382,33 @@ def main() -> int:
               "device": str(device), "engine": runtime.predictor.engine,
               "precision": runtime.predictor.precision, "cpu": platform.processor() or
               platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    print(f"model {spec.name} ({spec.architecture}, random weights)  device {device}  "
+    kind = f"weights {args.weights.name}" if args.weights else "random weights"
+    print(f"model {spec.name} ({spec.architecture}, {kind})  device {device}  "
           f"engine {report['engine']}  precision {report['precision']}  "
           f"cores {report['cores']}  torch threads {report['torch_threads']}")
 
     def baseline(section: str) -> float:
         """Re-measured before each section: a shared machine's speed drifts within a run."""
-        ms = bare_forward_ms(spec.architecture, device, repeat)
+        ms = bare_forward_ms(spec.architecture, device, repeat, spec.input_size)
         report.setdefault("baselines_ms", {})[section] = ms
         print(f"\n[baseline for {section}: bare PyTorch fp32 eager forward {ms:.0f} ms]")
         return ms
 
     base = baseline("engine")
-    x = np.zeros((1, 3, 320, 320), np.float32)
+    x = np.zeros((1, 3, spec.input_size, spec.input_size), np.float32)
     engine_ms = median_ms(lambda: runtime.predictor(x), repeat, warmup=2)
     report.update(bare_forward_ms=base, engine_forward_ms=engine_ms)
     print(f"\nbaseline: bare PyTorch fp32 eager forward, batch 1: {base:.0f} ms (= 1.00)")
     print(f"service engine forward ({report['engine']}): {engine_ms:.0f} ms = {engine_ms / base:.2f}")
+    rows = engine_table(options, device, repeat)
+    base = baseline("engines")
+    report["engines"] = rows
+    print_table(f"the network alone at {spec.input_size}x{spec.input_size}, every engine and "
+                "precision (masks against the first row, on the calibration input)",
+                [[r["engine"], r["precision"], f"{r['ms']:.0f} ms", f"{r['ms'] / base:.2f}",
+                  f"{r['iou_vs_fp32']:.4f}", f"{r['mad_vs_fp32']:.2f}",
+                  ",".join(r["fp32_layers"]) or "-"] for r in rows],
+                ["engine", "precision", "time", "ratio", "IoU", "MAD/255", "kept in fp32"])
 
     paths = make_inputs(root)
     remover = BackgroundRemover(runtime, max_image_pixels=10**8, max_source_bytes=1 << 30,

@@ -76,6 +76,37 @@ def test_precision_choice():
             engine.TorchPredictor(net, cpu, precision)
 
 
+def test_auto_precision_is_the_models_measured_choice_on_amx_and_fp32_elsewhere():
+    isnet, u2netp = get_spec("isnet-general-use"), get_spec("u2netp")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine.resolve_precision("auto", "auto", isnet, cpu, amx=True) == "bf16"
+    assert engine.resolve_precision("auto", "torch", isnet, cpu, amx=True) == "bf16"
+    assert engine.resolve_precision("auto", "auto", isnet, cpu, amx=False) == "fp32"
+    assert engine.resolve_precision("auto", "onnxruntime", isnet, cpu, amx=True) == "fp32"
+    assert engine.resolve_precision("auto", "auto", isnet, cuda, amx=True) == "fp32"
+    assert engine.resolve_precision("auto", "auto", u2netp, cpu, amx=True) == "fp32"
+    assert engine.resolve_precision("bf16", "auto", u2netp, cpu, amx=False) == "bf16"  # as asked
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert engine.cpu_has_amx(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")  # no matrix units
+    assert not engine.cpu_has_amx(info)
+    assert not engine.cpu_has_amx(tmp_path / "absent")
+
+
+def test_mask_agreement():
+    a = np.zeros((10, 10), np.float32)
+    a[:5] = 1
+    b = a.copy()
+    b[4] = 0.4  # one row of ten falls below 0.5, by 0.6
+    iou, mad = engine.mask_agreement(a, b)
+    assert iou == pytest.approx(0.8) and mad == pytest.approx(0.06 * 255)
+    assert engine.mask_agreement(np.zeros((4, 4)), np.zeros((4, 4))) == (1.0, 0.0)
+
+
 @pytest.mark.parametrize("precision, expected", [("fp32", "ieee"), ("tf32", "tf32"),
                                                  ("bf16", "ieee")])
 def test_cuda_convolutions_are_exact_fp32_unless_tf32_is_asked_for(precision, expected):

@@ -39,7 +39,7 @@ def test_environment_overrides():
     ({"U2NET_MODEL": "nope"},
      "U2NET_MODEL must be one of u2net_human_seg, u2net, u2netp, isnet-general-use, got 'nope'"),
     ({"U2NET_ENGINE": "tensorrt"}, "U2NET_ENGINE must be one of auto, torch, onnxruntime"),
-    ({"U2NET_PRECISION": "int4"}, "U2NET_PRECISION must be one of fp32, tf32, bf16, fp16"),
+    ({"U2NET_PRECISION": "int4"}, "U2NET_PRECISION must be one of auto, fp32, tf32, bf16, fp16"),
     ({"U2NET_ENGINE": "onnxruntime", "U2NET_PRECISION": "bf16"}, "runs fp32 only"),
     ({"U2NET_DEVICE": "gpu"}, "U2NET_DEVICE must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ({"U2NET_DEVICE": "cuda:x"}, "U2NET_DEVICE must be"),
