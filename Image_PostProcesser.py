@@ -12,6 +12,7 @@ Any mode can first pass the mask through `drop_small_regions` (the optional subj
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -110,6 +111,11 @@ class RefineParams:
 
 
 REFINE = RefineParams()
+
+
+def refine_params(overrides: tuple[tuple[str, float], ...] = ()) -> RefineParams:
+    """REFINE with a model's own values (registry ModelSpec.refine) in place of the defaults."""
+    return dataclasses.replace(REFINE, **dict(overrides)) if overrides else REFINE
 
 
 def _box(x: np.ndarray, r: int) -> np.ndarray:
@@ -288,14 +294,15 @@ def drop_small_regions(mask: np.ndarray, min_fraction: float = SUBJECT_MIN_FRACT
 
 
 def cut_out(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray, mode: str,
-            threshold: int | None = None) -> np.ndarray:
-    """The RGBA cut-out in `mode` (one of MODES); `threshold` is used by the threshold mode."""
+            threshold: int | None = None, params: RefineParams = REFINE) -> np.ndarray:
+    """The RGBA cut-out in `mode` (one of MODES); `threshold` is used by the threshold mode,
+    `params` by refine (the model's: refine_params)."""
     if mode == "threshold":
         return apply_threshold(rgb, alpha, mask, DEFAULT_THRESHOLD if threshold is None else threshold)
     if mode == "soft":
         return soft_alpha(rgb, alpha, mask)
     if mode == "refine":
-        return refine(rgb, alpha, mask)
+        return refine(rgb, alpha, mask, params)
     raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
 
 

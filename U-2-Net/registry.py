@@ -59,6 +59,9 @@ class ModelSpec:
     # measurement (README "Precision and engines"): bf16 only where it is clearly faster than ONNX
     # Runtime fp32 and keeps masks within IoU 0.99 of fp32 on real photos. Elsewhere auto is fp32.
     amx_precision: str = "fp32"
+    # Refine's parameters that differ for this model's masks from Image_PostProcesser.REFINE (which
+    # was chosen on U2NETP's): (name, value) pairs of RefineParams fields.
+    refine: tuple[tuple[str, float], ...] = ()
 
 
 def _google_drive(file_id: str) -> str:
@@ -149,6 +152,11 @@ MODELS: dict[str, ModelSpec] = {
             # Measured on 7 real photos (tests/test_parity_isnet.py): bf16 IoU >= 0.999 against fp32
             # with no stage kept in fp32, at about 0.6x ONNX Runtime fp32's time.
             amx_precision="bf16",
+            # IS-Net's 1024 px map is already sharp: a smaller window on a finer coarse copy
+            # keeps its edges. Chosen on a small grid (README "IS-Net"): on the portraits SAD
+            # 10.47 and gradient 9.70 against soft's 11.20 and 10.45 (the U2NETP values gave
+            # 11.56 and 9.88); DAVIS IoU 0.728 against soft's 0.729 (U2NETP values: 0.722).
+            refine=(("radius_frac", 0.01), ("coarse_side", 200)),
         ),
     )
 }

@@ -84,6 +84,8 @@ def _load_service(settings: Settings, model: str | None = None, weights: Path | 
 
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    import Image_PostProcesser as post
+
     from .evaluate import ModeSpec, evaluate, summarise, write_outputs
 
     try:
@@ -97,7 +99,8 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     for name, _, weights in models:
         runtime = _load_service(settings, name, Path(weights) if weights else args.weights).runtime
         label = (f"{name}:{Path(weights).stem}/" if weights else f"{name}/") if len(models) > 1 else ""
-        these, _, these_sheet = evaluate(args.data, modes, runtime.mask_for, label=label)
+        these, _, these_sheet = evaluate(args.data, modes, runtime.mask_for, label=label,
+                                         refine=post.refine_params(runtime.spec.refine))
         rows += these
         sheet += these_sheet
         runtime.close()

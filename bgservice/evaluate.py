@@ -3,8 +3,8 @@
     bgremove evaluate DATA [--mode soft --mode refine --mode threshold:200 ...]
                            [--model u2netp=PATH --model u2net_human_seg ...] [--out DIR]
 
-DATA holds images/ and masks/ (ground-truth alpha, binary or fractional, same stem; any format
-Pillow reads) and optionally trimaps/ (0 / 128 / 255; 128 = unknown). Each image is decoded, run
+DATA holds images/ and masks/ or alphas/ (ground-truth alpha, binary or fractional, same stem;
+any format Pillow reads) and optionally trimaps/ (0 / 128 / 255; 128 = unknown). Each image is decoded, run
 through the model once, then through each mode's post-processing, and the alpha of the actual
 RGBA output is scored (bgservice.metrics): IoU at 0.5, boundary F at 3 px, MAE, SAD, MSE and
 gradient error over the whole image and, with a trimap, its unknown region; plus the time of the
@@ -68,10 +68,13 @@ def find_cases(data: Path) -> list[tuple[str, Path, Path, Path | None]]:
     def by_stem(folder: Path) -> dict[str, Path]:
         return {p.stem: p for p in sorted(folder.iterdir())} if folder.is_dir() else {}
 
-    images, masks, trimaps = (by_stem(data / d) for d in ("images", "masks", "trimaps"))
+    # Ground truth in masks/ (binary or fractional) or alphas/ (the portraits' fractional mattes).
+    truth = next((d for d in ("masks", "alphas") if (data / d).is_dir()), "masks")
+    images, masks, trimaps = (by_stem(data / d) for d in ("images", truth, "trimaps"))
     cases = [(stem, images[stem], masks[stem], trimaps.get(stem)) for stem in images if stem in masks]
     if not cases:
-        raise FileNotFoundError(f"no image in {data}/images has a ground truth in {data}/masks")
+        raise FileNotFoundError(f"no image in {data}/images has a ground truth in {data}/masks "
+                                f"or {data}/alphas")
     return cases
 
 
@@ -109,8 +112,10 @@ def contact_row(image, gt, rgba, height=160) -> np.ndarray:
 
 
 def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None,
-             sheet_height: int = 160, log=print, label: str = ""):
-    """Run every case through `mask_fn` (RGB -> uint8 mask) and each mode.
+             sheet_height: int = 160, log=print, label: str = "",
+             refine: post.RefineParams = post.REFINE):
+    """Run every case through `mask_fn` (RGB -> uint8 mask) and each mode (refine with `refine`,
+    the model's parameters: post.refine_params).
 
     Returns (rows, summary, contact-sheet rows); rows' mode is prefixed with `label` (a model's
     name when several are compared). With `out`, also writes the CSVs and the contact sheet."""
@@ -128,7 +133,7 @@ def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None
         for spec in modes:
             started = time.perf_counter()
             m = post.drop_small_regions(mask) if spec.subject_filter else mask
-            rgba = post.cut_out(image.rgb, image.alpha, m, spec.mode, spec.threshold)
+            rgba = post.cut_out(image.rgb, image.alpha, m, spec.mode, spec.threshold, refine)
             post_ms = (time.perf_counter() - started) * 1000
             alpha = rgba[:, :, 3].astype(np.float32) / 255
             row = {"image": stem, "mode": label + spec.label, "mask_ms": round(mask_ms, 1),

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from u2net.runtime import ModelRuntime, Overloaded, TimedOut
 
+import Image_PostProcesser as post
 from GlobalVariables import Settings
 
 from .errors import Unavailable
@@ -86,6 +87,7 @@ class BackgroundRemover:
                  memory_budget_bytes: int = Settings.memory_budget_bytes,
                  memory_wait_s: float = Settings.memory_wait_s):
         self.runtime = runtime
+        self.refine = post.refine_params(runtime.spec.refine)  # the model's own refine values
         self.max_image_pixels = max_image_pixels
         self.max_source_bytes = max_source_bytes
         self.request_timeout_s = request_timeout_s
@@ -142,7 +144,7 @@ class BackgroundRemover:
         image = decode_image(jpeg.tobytes(), self.max_image_pixels)
         mask = self.mask(image)
         for options in (OutputOptions(mode="threshold", threshold=0), OutputOptions(mode="refine")):
-            encode_output(compose_output(image, mask, options)[0], options.format)
+            encode_output(compose_output(image, mask, options, refine=self.refine)[0], options.format)
 
     def process(self, data: bytes, options: OutputOptions, want_bbox: bool = False,
                 watch: Stopwatch | None = None) -> Rendered:
@@ -167,7 +169,7 @@ class BackgroundRemover:
             mask = self.mask(image, watch.ms)  # resize, forward, upsample
             ticket.release()
             with watch.stage("compose"):
-                pixels, bbox = compose_output(image, mask, options, want_bbox)
+                pixels, bbox = compose_output(image, mask, options, want_bbox, self.refine)
             del mask
             with watch.stage("encode"):
                 encoded = encode_output(pixels, options.format)

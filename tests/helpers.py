@@ -272,8 +272,6 @@ class SlowClients(threading.Thread):
 def blurred_disc_scene(size=240, seed=0):
     """A textured foreground disc with a soft (blurred) edge composited on a coloured background:
     the true alpha and the true foreground colours are known."""
-
-
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     hard = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 3.2) ** 2).astype(np.float32)

@@ -76,3 +76,9 @@ def test_a_failure_gives_the_ticket_and_the_memory_back(remover):
     with pytest.raises(NotAnImage):
         remover.process(data[:200], OutputOptions(mode="soft"))  # the header, then nothing
     assert remover.memory.used == remover.memory.set_aside and remover.admission.admitted == 0
+
+
+def test_the_remover_refines_with_its_models_parameters(remover):
+    import Image_PostProcesser as post
+
+    assert remover.refine == post.refine_params(remover.runtime.spec.refine)

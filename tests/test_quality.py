@@ -129,6 +129,21 @@ def test_harness_scores_a_tiny_dataset_and_writes_its_outputs(tmp_path):
     assert sheet.size[1] >= 2 * 160
 
 
+def test_harness_reads_the_portraits_layout_with_alphas(tmp_path):
+    """../shared/data/portraits keeps its fractional mattes in alphas/, not masks/."""
+    for sub in ("images", "alphas"):
+        (tmp_path / sub).mkdir()
+    rgb, mask, alpha, _ = blurred_disc_scene(48)
+    Image.fromarray(rgb).save(tmp_path / "images" / "p.jpg")
+    Image.fromarray(np.rint(alpha * 255).astype(np.uint8)).save(tmp_path / "alphas" / "p.png")
+    rows, _, _ = evaluate(tmp_path, [ModeSpec.parse("soft")], lambda _rgb: mask, log=lambda *_: None)
+    assert [r["image"] for r in rows] == ["p"]
+    assert rows[0]["iou"] == pytest.approx(metrics.iou(mask / 255, np.rint(alpha * 255) / 255), abs=1e-4)
+    (tmp_path / "alphas" / "p.png").unlink()
+    with pytest.raises(FileNotFoundError, match="masks or .*alphas"):
+        evaluate(tmp_path, [ModeSpec.parse("soft")], lambda _rgb: mask, log=lambda *_: None)
+
+
 def test_mode_spec_parsing():
     assert ModeSpec.parse("threshold:200") == ModeSpec("threshold:200", "threshold", 200)
     assert ModeSpec.parse("threshold").threshold == 254
@@ -140,3 +155,18 @@ def test_mode_spec_parsing():
     assert ModeSpec.parse("threshold:128+filter").threshold == 128
     with pytest.raises(ValueError, match="only '\\+filter'"):
         ModeSpec.parse("soft+blur")
+
+
+def test_each_model_refines_with_its_own_parameters():
+    from u2net.registry import get_spec
+
+    assert post.refine_params() is post.REFINE  # U²-Net's: the values they were chosen for
+    assert post.refine_params(get_spec("u2netp").refine) is post.REFINE
+    isnet = post.refine_params(get_spec("isnet-general-use").refine)
+    assert (isnet.radius_frac, isnet.coarse_side) == (0.01, 200)
+    assert (isnet.eps, isnet.contrast) == (post.REFINE.eps, post.REFINE.contrast)
+    rgb, mask, _, _ = blurred_disc_scene(size=240)
+    assert not np.array_equal(post.cut_out(rgb, None, mask, "refine", params=isnet),
+                              post.cut_out(rgb, None, mask, "refine"))
+    with pytest.raises(TypeError):
+        post.refine_params((("radius", 0.01),))  # a misspelt field fails loudly
