@@ -44,6 +44,16 @@ if [ "$STAGE" != tests ]; then
   "$PYTHON" bench/benchmark.py $BENCH_ARGS 2>&1 | tee "$OUT/gpu-benchmark.log"
   bench_rc=${PIPESTATUS[0]}
   cp bench/out/benchmark.json "$OUT/" 2>/dev/null || true
+  # IS-Net (1024x1024, random weights): the network alone in every engine and precision, and
+  # requests; no precision sweep (ISNET_ARGS overrides; ISNET_ARGS=skip leaves it out).
+  ISNET_ARGS="${ISNET_ARGS:---model isnet-general-use --quick}"
+  if [ "$ISNET_ARGS" != skip ]; then
+    # shellcheck disable=SC2086
+    "$PYTHON" bench/benchmark.py $ISNET_ARGS 2>&1 | tee "$OUT/gpu-benchmark-isnet.log"
+    isnet_rc=${PIPESTATUS[0]}
+    cp bench/out/benchmark.json "$OUT/benchmark-isnet.json" 2>/dev/null || true
+    bench_rc=$(( bench_rc || isnet_rc ))
+  fi
 fi
 echo "tests rc=$tests_rc benchmark rc=$bench_rc"
 exit $(( tests_rc || bench_rc ))
