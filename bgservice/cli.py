@@ -86,34 +86,39 @@ def _load_service(settings: Settings, model: str | None = None, weights: Path | 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     import Image_PostProcesser as post
 
-    from .evaluate import ModeSpec, evaluate, summarise, write_outputs
+    from .evaluate import ModeSpec, WorstEdges, evaluate, summarise, write_outputs
 
     try:
         modes = [ModeSpec.parse(m) for m in (args.mode or ["soft", "refine", "threshold:200"])]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    composites = (args.composites if args.composites is not None
+                  else (args.data / "alphas").is_dir())
     # Several models in one run: --model NAME or --model NAME=WEIGHTS, repeatable.
     models = [m.partition("=") for m in (args.model or [settings.model])]
-    rows, sheet = [], []
+    rows, sheet, worst = [], [], WorstEdges()
     for name, _, weights in models:
         runtime = _load_service(settings, name, Path(weights) if weights else args.weights).runtime
         label = (f"{name}:{Path(weights).stem}/" if weights else f"{name}/") if len(models) > 1 else ""
         these, _, these_sheet = evaluate(args.data, modes, runtime.mask_for, label=label,
-                                         refine=post.refine_params(runtime.spec.refine))
+                                         refine=post.refine_params(runtime.spec.refine),
+                                         composites=composites, limit=args.limit, worst=worst)
         rows += these
         sheet += these_sheet
         runtime.close()
     summary = summarise(rows)
     if args.out:
-        write_outputs(args.out, rows, summary, sheet)
-    keys = ("iou", "boundary_f", "mae", "sad_unknown", "grad_unknown", "post_ms")
+        write_outputs(args.out, rows, summary, sheet, worst)
+    keys = [k for k in ("iou", "boundary_f", "sad", "grad", "sad_unknown", "grad_unknown",
+                        "composite_edge", "composite_whole", "post_ms") if k in summary[0]]
     print(f"\n{'mode':24s} {'stat':6s} " + " ".join(f"{k:>12s}" for k in keys))
     for entry in summary:
         print(f"{entry['mode']:24s} {entry['stat']:6s} "
               + " ".join(f"{entry[k]:12.4f}" if k in entry else f"{'-':>12s}" for k in keys))
     if args.out:
-        print(f"\nwritten {args.out}/results.csv, summary.csv, contact_sheet.png")
+        print(f"\nwritten {args.out}/results.csv, summary.csv, contact_sheet.png"
+              + (", worst_edges.png" if composites else ""))
     return 0
 
 
@@ -266,14 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     rm.set_defaults(run=_cmd_remove)
 
     ev = sub.add_parser("evaluate", help="score the pipeline on images with ground-truth mattes")
-    ev.add_argument("data", type=Path, help="folder with images/, masks/ and optional trimaps/")
+    ev.add_argument("data", type=Path,
+                    help="folder with images/, masks/ or alphas/, and optional trimaps/")
     ev.add_argument("--mode", action="append",
                     help="soft, refine or threshold:N, each optionally +filter for the subject "
                          "filter (repeatable; default: all three)")
     ev.add_argument("--model", action="append",
                     help="NAME or NAME=WEIGHTS; repeat to compare models (default: $U2NET_MODEL)")
     ev.add_argument("--weights", type=Path, help="weights file (default: $U2NET_WEIGHTS)")
-    ev.add_argument("--out", type=Path, help="write results.csv, summary.csv, contact_sheet.png")
+    ev.add_argument("--out", type=Path, help="write results.csv, summary.csv, contact_sheet.png "
+                                             "(and worst_edges.png with composites)")
+    ev.add_argument("--composites", action=argparse.BooleanOptionalAction,
+                    help="put each subject on plain and generated backgrounds first, and score "
+                         "the cut-outs on new ones too (default: on for an alphas/ folder)")
+    ev.add_argument("--limit", type=int, help="only the first N images")
     ev.set_defaults(run=_cmd_evaluate)
 
     tr = sub.add_parser("train", help="train or fine-tune a model on image/mask pairs",

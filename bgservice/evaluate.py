@@ -2,15 +2,18 @@
 
     bgremove evaluate DATA [--mode soft --mode refine --mode threshold:200 ...]
                            [--model u2netp=PATH --model u2net_human_seg ...] [--out DIR]
+                           [--composites] [--limit N]
 
 DATA holds images/ and masks/ or alphas/ (ground-truth alpha, binary or fractional, same stem;
-any format Pillow reads) and optionally trimaps/ (0 / 128 / 255; 128 = unknown). Each image is decoded, run
-through the model once, then through each mode's post-processing, and the alpha of the actual
-RGBA output is scored (bgservice.metrics): IoU at 0.5, boundary F at 3 px, MAE, SAD, MSE and
-gradient error over the whole image and, with a trimap, its unknown region; plus the time of the
-mask and of each mode's post-processing. Writes results.csv (one row per image and mode),
-summary.csv (mean, median, 10th percentile) and contact_sheet.png (image | ground truth | alpha |
-cut-out on a checkerboard, one row per image and mode).
+any format Pillow reads) and optionally trimaps/ (0 / 128 / 255; 128 = unknown). Each image is
+decoded, run through the model once, then through each mode's post-processing, and the alpha of
+the actual RGBA output is scored (bgservice.metrics): IoU at 0.5, boundary F at 3 px, MAE, SAD,
+MSE and gradient error over the whole image and, with a trimap, its unknown region; plus the time
+of the mask and of each mode's post-processing. With composites (the default for alphas/), each
+subject is first put on plain and generated backgrounds, and every cut-out is also scored as users
+see it, on new backgrounds (bgservice.composites). Writes results.csv (one row per image, original
+background and mode), summary.csv (mean, median, 10th percentile), contact_sheet.png (image |
+ground truth | alpha | cut-out on a checkerboard) and, with composites, worst_edges.png.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from PIL import Image
 
 import Image_PostProcesser as post
 
+from . import composites as comp
 from .errors import BadRequest
 from .fields import MODE, THRESHOLD
 from .imageio import decode_image
@@ -111,45 +115,135 @@ def contact_row(image, gt, rgba, height=160) -> np.ndarray:
     return np.hstack(row[:-1])
 
 
-def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None,
-             sheet_height: int = 160, log=print, label: str = "",
-             refine: post.RefineParams = post.REFINE):
-    """Run every case through `mask_fn` (RGB -> uint8 mask) and each mode (refine with `refine`,
-    the model's parameters: post.refine_params).
+@dataclass
+class _Case:
+    stem: str
+    rgb: np.ndarray  # what the service is given
+    alpha_in: np.ndarray | None  # the input's own alpha channel, if any
+    gt: np.ndarray
+    unknown: np.ndarray | None
+    background: str | None = None  # composites: the original background's name
+    photo: np.ndarray | None = None  # composites: the photo whose colours are the truth
 
-    Returns (rows, summary, contact-sheet rows); rows' mode is prefixed with `label` (a model's
-    name when several are compared). With `out`, also writes the CSVs and the contact sheet."""
-    rows, sheet = [], []
-    for stem, image_path, gt_path, trimap_path in find_cases(Path(data)):
+
+def _cases(data: Path, composites: bool, limit: int | None):
+    """Each image as given or, with `composites`, its subject put on every original background."""
+    for stem, image_path, gt_path, trimap_path in find_cases(Path(data))[:limit]:
         image = decode_image(image_path.read_bytes(), 10**9)
         gt = _gray(gt_path)
         unknown = None
         if trimap_path is not None:
             trimap = np.asarray(Image.open(trimap_path).convert("L"))
             unknown = (trimap > 32) & (trimap < 224)
+        if not composites:
+            yield _Case(stem, image.rgb, image.alpha, gt, unknown)
+            continue
+        for name, background in comp.original_backgrounds(*gt.shape).items():
+            yield _Case(stem, comp.source_photo(image.rgb, gt, background), None, gt, unknown,
+                        name, image.rgb)
+
+
+def _composite_scores(rgba: np.ndarray, case: _Case, band: np.ndarray) -> dict:
+    assert case.photo is not None
+    scores = {f"composite_{part}_{name}": value
+              for name, colour in comp.NEW_BACKGROUNDS.items()
+              for part, value in vars(comp.composite_error(rgba, case.photo, case.gt, colour,
+                                                           band)).items()}
+    for part in ("edge", "whole"):
+        scores[f"composite_{part}"] = float(np.mean([v for k, v in scores.items()
+                                                     if k.startswith(f"composite_{part}_")]))
+    return scores
+
+
+def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None,
+             sheet_height: int = 160, log=print, label: str = "",
+             refine: post.RefineParams = post.REFINE, composites: bool = False,
+             limit: int | None = None, worst: WorstEdges | None = None):
+    """Run every case through `mask_fn` (RGB -> uint8 mask) and each mode (refine with `refine`,
+    the model's parameters: post.refine_params).
+
+    With `composites` (for fractional ground truth, e.g. the portraits), each photo's subject is
+    first put on every original background of bgservice.composites, and each result is also
+    scored on the new backgrounds there (composite_edge, composite_whole, 0-255): one row per
+    image, original background and mode. `limit`: only the first so many images. `worst`
+    collects the close-ups of the worst edges (one collector may serve several models' runs).
+
+    Returns (rows, summary, contact-sheet rows); rows' mode is prefixed with `label` (a model's
+    name when several are compared). With `out`, also writes the CSVs and the contact sheets."""
+    rows, sheet = [], []
+    worst = WorstEdges() if worst is None else worst
+    for case in _cases(Path(data), composites, limit):
         started = time.perf_counter()
-        mask = mask_fn(image.rgb)
+        mask = mask_fn(case.rgb)
         mask_ms = (time.perf_counter() - started) * 1000
+        band = comp.edge_band(case.gt) if composites else None
         for spec in modes:
             started = time.perf_counter()
             m = post.drop_small_regions(mask) if spec.subject_filter else mask
-            rgba = post.cut_out(image.rgb, image.alpha, m, spec.mode, spec.threshold, refine)
+            rgba = post.cut_out(case.rgb, case.alpha_in, m, spec.mode, spec.threshold, refine)
             post_ms = (time.perf_counter() - started) * 1000
             alpha = rgba[:, :, 3].astype(np.float32) / 255
-            row = {"image": stem, "mode": label + spec.label, "mask_ms": round(mask_ms, 1),
+            row = {"image": case.stem, "mode": label + spec.label, "mask_ms": round(mask_ms, 1),
                    "post_ms": round(post_ms, 1)}
-            row.update({k: round(v, 5) for k, v in all_metrics(alpha, gt, unknown).items()})
+            if case.background is not None:
+                row["background"] = case.background
+            scores = all_metrics(alpha, case.gt, case.unknown)
+            if band is not None:
+                scores.update(_composite_scores(rgba, case, band))
+                worst.offer(row, scores["composite_edge"], rgba, case)
+            row.update({k: round(v, 5) for k, v in scores.items()})
             rows.append(row)
-            sheet.append(contact_row(image.rgb, gt, rgba, sheet_height))
-        log(f"{stem}: " + ", ".join(f"{r['mode']} IoU {r['iou']:.3f}" for r in rows[-len(modes):]))
+            if case.background in (None, next(iter(comp.PLAIN))):  # one sheet row per image
+                sheet.append(contact_row(case.rgb, case.gt, rgba, sheet_height))
+        log(f"{case.stem}{'/' + case.background if case.background else ''}: " + ", ".join(
+            f"{r['mode']} IoU {r['iou']:.3f}" for r in rows[-len(modes):]))
     summary = summarise(rows)
     if out is not None:
-        write_outputs(Path(out), rows, summary, sheet)
+        write_outputs(Path(out), rows, summary, sheet, worst)
     return rows, summary, sheet
 
 
+class WorstEdges:
+    """The cut-outs with the largest composite edge error, as close-ups of their worst window on a
+    dark and a light background: truth and ours side by side (worst_edges.png)."""
+
+    def __init__(self, keep: int = 8, side: int = 128):
+        self.keep, self.side = keep, side
+        self.entries: list[tuple[float, str, np.ndarray]] = []
+
+    def offer(self, row: dict, edge_error: float, rgba: np.ndarray, case: _Case) -> None:
+        if len(self.entries) >= self.keep and edge_error <= self.entries[-1][0]:
+            return
+        assert case.photo is not None
+        tiles = []
+        for colour in (comp.NEW_BACKGROUNDS["black"], comp.NEW_BACKGROUNDS["white"]):
+            y, x = comp.worst_edge_window(rgba, case.photo, case.gt, colour, self.side)
+            window = (slice(y, y + self.side), slice(x, x + self.side))
+            truth = comp.over(case.photo[window], case.gt[window], colour)
+            ours = comp.over(rgba[window][:, :, :3], rgba[window][:, :, 3] / 255, colour)
+            tiles += [np.clip(np.rint(t), 0, 255).astype(np.uint8) for t in (truth, ours)]
+        gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
+        strip = np.hstack([tiles[0], gap, tiles[1], gap, gap, tiles[2], gap, tiles[3]])
+        text = f"{row['image']} {row.get('background', '')} {row['mode']}: {edge_error:.1f}/255"
+        self.entries.append((edge_error, text, strip))
+        self.entries.sort(key=lambda e: -e[0])
+        del self.entries[self.keep:]
+
+    def sheet(self) -> np.ndarray:
+        """Rows of (truth | ours on black, truth | ours on white), each under its caption."""
+        width = max(strip.shape[1] for _, _, strip in self.entries)
+        rows = []
+        for _, text, strip in self.entries:
+            caption = np.full((18, width, 3), 255, np.uint8)
+            cv2.putText(caption, text, (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+                        cv2.LINE_AA)
+            rows += [caption, np.pad(strip, ((0, 6), (0, width - strip.shape[1]), (0, 0)),
+                                     constant_values=255)]
+        return np.vstack(rows)
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    metrics = [k for k in rows[0] if k not in ("image", "mode")]
+    metrics = [k for k in rows[0] if k not in ("image", "mode", "background")]
     summary = []
     for mode in dict.fromkeys(r["mode"] for r in rows):
         mine = [r for r in rows if r["mode"] == mode]
@@ -171,7 +265,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def write_outputs(out: Path, rows, summary, sheet_rows) -> None:
+def write_outputs(out: Path, rows, summary, sheet_rows, worst: WorstEdges | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "results.csv", rows)
     _write_csv(out / "summary.csv", summary)
@@ -179,3 +273,5 @@ def write_outputs(out: Path, rows, summary, sheet_rows) -> None:
     padded = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255)
               for r in sheet_rows]
     cv2.imwrite(str(out / "contact_sheet.png"), cv2.cvtColor(np.vstack(padded), cv2.COLOR_RGB2BGR))
+    if worst is not None and worst.entries:
+        cv2.imwrite(str(out / "worst_edges.png"), cv2.cvtColor(worst.sheet(), cv2.COLOR_RGB2BGR))

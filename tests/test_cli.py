@@ -137,3 +137,24 @@ def test_evaluate_compares_models_and_modes_in_one_run(cli, tmp_path, random_wei
     assert real_iou > 0.8 and real_iou > mean_iou(f"u2netp:{random_weights.stem}/soft") + 0.2
     assert (tmp_path / "eval" / "contact_sheet.png").exists()
     assert "median" in done.stdout.decode()
+
+
+def test_evaluate_on_the_portraits_layout_scores_composites_by_default(cli, tmp_path, random_weights):
+    import csv
+
+    from helpers import blurred_disc_scene
+
+    for sub in ("images", "alphas"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(2):
+        _, _, alpha, fg = blurred_disc_scene(64, seed=i)
+        Image.fromarray((fg * 255).astype(np.uint8)).save(tmp_path / "data" / "images" / f"p{i}.png")
+        Image.fromarray((alpha * 255).astype(np.uint8)).save(tmp_path / "data" / "alphas" / f"p{i}.png")
+    done = cli("evaluate", tmp_path / "data", "--mode", "soft", "--model", f"u2netp={random_weights}",
+               "--limit", "1", "--out", tmp_path / "eval")
+    assert done.returncode == 0, done.stderr.decode()
+    with open(tmp_path / "eval" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["image"], r["background"]) for r in rows] == [
+        ("p0", "green"), ("p0", "blue"), ("p0", "scene-a"), ("p0", "scene-b")]
+    assert "composite_edge" in done.stdout.decode() and (tmp_path / "eval" / "worst_edges.png").exists()
