@@ -115,7 +115,7 @@ REFINE = RefineParams()
 
 def refine_params(overrides: tuple[tuple[str, float], ...] = ()) -> RefineParams:
     """REFINE with a model's own values (registry ModelSpec.refine) in place of the defaults."""
-    return dataclasses.replace(REFINE, **dict(overrides)) if overrides else REFINE
+    return dataclasses.replace(REFINE, **dict(overrides)) if overrides else REFINE  # type: ignore[arg-type]  # names and values are checked by the dataclass
 
 
 def _box(x: np.ndarray, r: int) -> np.ndarray:

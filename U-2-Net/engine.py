@@ -199,6 +199,7 @@ class TorchPredictor:
         # channels_last: oneDNN and cuDNN both run these convolutions faster in NHWC (DESIGN.md §3).
         self.net = net.to(device).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # stubs lack it
         self.fp32_layers: list[str] = []
+        self.auto_check: dict | None = None  # set by the runtime when `auto` chose this precision
         if precision in _AUTOCAST:
             if calibration is None:
                 raise ValueError("reduced precision needs a calibration input")

@@ -283,7 +283,7 @@ class ModelRuntime:
             "precision": self.predictor.precision,
             "precision_requested": self.options.precision,
             # auto's check of a reduced precision against fp32 at load (IoU, MAD /255), if any
-            "precision_check": getattr(self.predictor, "auto_check", None),
+            "precision_check": getattr(self.predictor, "auto_check", None),  # torch only
             "fp32_layers": getattr(self.predictor, "fp32_layers", []),
             "input_size": self.spec.input_size,
             "max_batch_size": self.max_batch,

@@ -51,7 +51,10 @@ def original_backgrounds(height: int, width: int) -> dict[str, np.ndarray]:
     return out
 
 
-def over(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+Background = np.ndarray | tuple[int, int, int]  # an HxWx3 image or one RGB colour
+
+
+def over(foreground: np.ndarray, alpha: np.ndarray, background: Background) -> np.ndarray:
     """alpha * foreground + (1 - alpha) * background, float32 0-255. `alpha` in [0, 1] (HxW);
     `background` an HxWx3 image or an RGB triple."""
     a = alpha.astype(np.float32)[:, :, None]
@@ -59,7 +62,7 @@ def over(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> n
     return a * foreground.astype(np.float32) + (1 - a) * bg
 
 
-def source_photo(photo: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+def source_photo(photo: np.ndarray, alpha: np.ndarray, background: Background) -> np.ndarray:
     """The photo's subject on `background`, as the uint8 image the service is given."""
     return np.clip(np.rint(over(photo, alpha, background)), 0, 255).astype(np.uint8)
 
@@ -80,7 +83,7 @@ class CompositeError:
 
 
 def composite_error(rgba: np.ndarray, photo: np.ndarray, alpha: np.ndarray,
-                    new_background, band: np.ndarray | None = None) -> CompositeError:
+                    new_background: Background, band: np.ndarray | None = None) -> CompositeError:
     """How far the cut-out `rgba` (uint8 HxWx4) on `new_background` is from the truth (`photo`'s
     colours with the true `alpha` on it). `band`: the edge band, when already computed."""
     ours = over(rgba[:, :, :3], rgba[:, :, 3].astype(np.float32) / 255, new_background)
@@ -91,8 +94,8 @@ def composite_error(rgba: np.ndarray, photo: np.ndarray, alpha: np.ndarray,
     return CompositeError(edge=edge, whole=float(diff.mean()))
 
 
-def worst_edge_window(rgba: np.ndarray, photo: np.ndarray, alpha: np.ndarray, new_background,
-                      side: int = 96) -> tuple[int, int]:
+def worst_edge_window(rgba: np.ndarray, photo: np.ndarray, alpha: np.ndarray,
+                      new_background: Background, side: int = 96) -> tuple[int, int]:
     """(y, x) of the `side`-square window with the largest summed composite error: where to look."""
     ours = over(rgba[:, :, :3], rgba[:, :, 3].astype(np.float32) / 255, new_background)
     diff = np.abs(ours - over(photo, alpha, new_background)).mean(axis=2)
