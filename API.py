@@ -160,7 +160,8 @@ def ready():
 @routes.get("/model-info")
 def model_info():
     state = _state()
-    return jsonify({**state.runtime.info(), "limits": state.remover.limits_info()})
+    return jsonify({**state.runtime.info(), "threshold_edges": state.remover.threshold_edges,
+                    "limits": state.remover.limits_info()})
 
 
 @routes.post("/remove-background")

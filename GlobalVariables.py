@@ -23,6 +23,8 @@ from u2net.registry import (
     is_device_name,
 )
 
+from Image_PostProcesser import THRESHOLD_EDGES
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
@@ -118,6 +120,11 @@ class Settings:
     # refine, by measurement (README, "Cut-out quality"). A sent threshold always means the
     # OpenClone threshold rule.
     default_mode: str = "refine"
+    # What a request with a threshold gets at the edge (U2NET_THRESHOLD_EDGES): "hard", the old
+    # rule exactly, or "refined": the threshold still decides what is subject, refine draws the
+    # edge and cleans its colours (Image_PostProcesser.refined_threshold; README, "The website's
+    # cut-outs"). OpenClone upgrades by changing this variable, not the website.
+    threshold_edges: str = "hard"
     # `python API.py` listens on HOST:PORT; loopback unless told otherwise (the containers set
     # HOST=0.0.0.0 explicitly). gunicorn_conf.py binds the same.
     host: str = "127.0.0.1"
@@ -174,6 +181,8 @@ class Settings:
             max_upload_bytes=_number(env, "MAX_UPLOAD_MB", cls.max_upload_bytes >> 20, 1, 10_000) << 20,
             default_mode=_choice(env, "U2NET_DEFAULT_MODE", cls.default_mode,
                                  ("threshold", "soft", "refine")),
+            threshold_edges=_choice(env, "U2NET_THRESHOLD_EDGES", cls.threshold_edges,
+                                    THRESHOLD_EDGES),
             host=env.get("HOST", "").strip() or cls.host,
             port=_number(env, "PORT", cls.port, 1, 65535),
             api_token=_token(env, "U2NET_API_TOKEN"),

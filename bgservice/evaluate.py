@@ -47,14 +47,19 @@ class ModeSpec:
     mode: str
     threshold: int | None = None
     subject_filter: bool = False
+    threshold_edges: str = "hard"  # "refined": U2NET_THRESHOLD_EDGES=refined
 
     @classmethod
     def parse(cls, text: str) -> ModeSpec:
-        """'soft', 'refine', 'threshold:200', each optionally with '+filter' (subject filter)."""
-        base, plus, extra = text.partition("+")
-        if plus and extra != "filter":
-            raise ValueError(f"unknown addition {extra!r} in {text!r}; only '+filter' exists")
-        suffix = "+filter" if plus else ""
+        """'soft', 'refine', 'threshold:200', each optionally with '+filter' (subject filter);
+        a threshold also with '+refined' (its edges as U2NET_THRESHOLD_EDGES=refined draws them)."""
+        base, *extras = text.split("+")
+        unknown = [e for e in extras if e not in ("filter", "refined")]
+        if unknown:
+            raise ValueError(f"unknown addition {unknown[0]!r} in {text!r}; only '+filter' and "
+                             "'+refined' exist")
+        suffix = "".join(f"+{e}" for e in extras)
+        edges = "refined" if "refined" in extras else "hard"
         mode, _, value = base.partition(":")
         try:  # the service's own checks and messages (bgservice.fields)
             mode = MODE.from_string(mode)
@@ -63,8 +68,10 @@ class ModeSpec:
             raise ValueError(exc.message) from None
         if mode == "threshold":
             threshold = post.DEFAULT_THRESHOLD if threshold is None else threshold
-            return cls(f"threshold:{threshold}{suffix}", mode, threshold, bool(plus))
-        return cls(mode + suffix, mode, None, bool(plus))
+            return cls(f"threshold:{threshold}{suffix}", mode, threshold, "filter" in extras, edges)
+        if edges == "refined":
+            raise ValueError(f"'+refined' applies to threshold modes only, not {text!r}")
+        return cls(mode + suffix, mode, None, "filter" in extras)
 
 
 def find_cases(data: Path) -> list[tuple[str, Path, Path, Path | None]]:
@@ -180,7 +187,8 @@ def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None
         for spec in modes:
             started = time.perf_counter()
             m = post.drop_small_regions(mask) if spec.subject_filter else mask
-            rgba = post.cut_out(case.rgb, case.alpha_in, m, spec.mode, spec.threshold, refine)
+            rgba = post.cut_out(case.rgb, case.alpha_in, m, spec.mode, spec.threshold, refine,
+                                spec.threshold_edges)
             post_ms = (time.perf_counter() - started) * 1000
             alpha = rgba[:, :, 3].astype(np.float32) / 255
             row = {"image": case.stem, "mode": label + spec.label, "mask_ms": round(mask_ms, 1),

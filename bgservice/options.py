@@ -74,17 +74,20 @@ def parse_options(values: Mapping[str, str], default_mode: str) -> OutputOptions
 
 
 def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions,
-                   want_bbox: bool = False, refine: post.RefineParams = post.REFINE):
+                   want_bbox: bool = False, refine: post.RefineParams = post.REFINE,
+                   threshold_edges: str = "hard"):
     """(pixels, subject bbox): the mask (optionally without its small regions) or the cut-out,
     optionally over a colour, optionally cropped to the subject. The box (input image
     coordinates) is computed only when cropping or when asked for (`want_bbox`); otherwise it is
-    None. `refine`: the model's refine parameters (post.refine_params)."""
+    None. `refine`: the model's refine parameters (post.refine_params); `threshold_edges`: the
+    threshold mode's edges (U2NET_THRESHOLD_EDGES)."""
     if options.subject_filter:
         mask = post.drop_small_regions(mask)
     if options.only_mask:
         pixels, alpha = mask, mask
     else:
-        pixels = post.cut_out(image.rgb, image.alpha, mask, options.mode, options.threshold, refine)
+        pixels = post.cut_out(image.rgb, image.alpha, mask, options.mode, options.threshold, refine,
+                              threshold_edges)
         alpha = pixels[:, :, 3]
         if options.bg_color is not None:
             pixels = post.composite_on_color(pixels, options.bg_color)

@@ -54,9 +54,11 @@ BYTES_PER_PIXEL = {"threshold": 18, "soft": 20, "refine": 34}
 BG_COLOR_BYTES_PER_PIXEL = 28
 
 
-def memory_needed(pixels: int, options: OutputOptions, source_bytes: int) -> int:
+def memory_needed(pixels: int, options: OutputOptions, source_bytes: int,
+                  threshold_edges: str = "hard") -> int:
     """The bytes one request reserves from the worker's memory budget."""
-    per_pixel = BYTES_PER_PIXEL[options.mode]
+    refined = options.mode == "threshold" and threshold_edges == "refined"  # refine's work
+    per_pixel = BYTES_PER_PIXEL["refine" if refined else options.mode]
     if options.bg_color is not None and not options.only_mask:
         per_pixel += BG_COLOR_BYTES_PER_PIXEL
     return pixels * per_pixel + source_bytes
@@ -85,8 +87,10 @@ class BackgroundRemover:
     def __init__(self, runtime: ModelRuntime, *, max_image_pixels: int, max_source_bytes: int,
                  request_timeout_s: float,
                  memory_budget_bytes: int = Settings.memory_budget_bytes,
-                 memory_wait_s: float = Settings.memory_wait_s):
+                 memory_wait_s: float = Settings.memory_wait_s,
+                 threshold_edges: str = Settings.threshold_edges):
         self.runtime = runtime
+        self.threshold_edges = threshold_edges
         self.refine = post.refine_params(runtime.spec.refine)  # the model's own refine values
         self.max_image_pixels = max_image_pixels
         self.max_source_bytes = max_source_bytes
@@ -103,7 +107,8 @@ class BackgroundRemover:
                    max_source_bytes=settings.max_source_bytes,
                    request_timeout_s=settings.request_timeout_s,
                    memory_budget_bytes=settings.memory_budget_bytes,
-                   memory_wait_s=settings.memory_wait_s)
+                   memory_wait_s=settings.memory_wait_s,
+                   threshold_edges=settings.threshold_edges)
 
     def limits_info(self) -> dict:
         """What this worker takes on at once, and how much of it is taken now (/model-info)."""
@@ -144,7 +149,9 @@ class BackgroundRemover:
         image = decode_image(jpeg.tobytes(), self.max_image_pixels)
         mask = self.mask(image)
         for options in (OutputOptions(mode="threshold", threshold=0), OutputOptions(mode="refine")):
-            encode_output(compose_output(image, mask, options, refine=self.refine)[0], options.format)
+            pixels = compose_output(image, mask, options, refine=self.refine,
+                                    threshold_edges=self.threshold_edges)[0]
+            encode_output(pixels, options.format)
 
     def process(self, data: bytes, options: OutputOptions, want_bbox: bool = False,
                 watch: Stopwatch | None = None) -> Rendered:
@@ -161,7 +168,8 @@ class BackgroundRemover:
         with watch.stage("decode"):
             opened = open_image(data, self.max_image_pixels)
         width, height = opened.size
-        with self.memory.reserve(memory_needed(width * height, options, len(data))):
+        with self.memory.reserve(memory_needed(width * height, options, len(data),
+                                               self.threshold_edges)):
             with watch.stage("decode"):
                 image = decode_opened(opened)
                 del opened  # Pillow's copy of the pixels goes now, not at the end of the request
@@ -169,7 +177,8 @@ class BackgroundRemover:
             mask = self.mask(image, watch.ms)  # resize, forward, upsample
             ticket.release()
             with watch.stage("compose"):
-                pixels, bbox = compose_output(image, mask, options, want_bbox, self.refine)
+                pixels, bbox = compose_output(image, mask, options, want_bbox, self.refine,
+                                              self.threshold_edges)
             del mask
             with watch.stage("encode"):
                 encoded = encode_output(pixels, options.format)

@@ -398,3 +398,28 @@ def test_subject_filter_drops_specks_and_keeps_both_people(client, sandbox, runt
     alpha = np.asarray(Image.open(sandbox["root"] / "o.png"))[..., 3]
     assert alpha[60, 50] == 255 and alpha[60, 150] == 255  # both people stay
     assert alpha[5, 194] == (0 if subject_filter else 255)  # the speck goes only when asked
+
+
+def test_refined_threshold_edges_change_the_websites_cut_out_and_nothing_else(sandbox, runtime,
+                                                                              random_weights):
+    """U2NET_THRESHOLD_EDGES=refined: the website's unchanged request (threshold 200) gets
+    refine's edges inside the threshold's region; other modes are untouched."""
+    from conftest import make_settings
+
+    settings = make_settings(sandbox["root"], random_weights, threshold_edges="refined")
+    client = API.create_app(settings, runtime=runtime).test_client()
+    source = save_image(sandbox["root"] / "in.jpg", photo(), quality=95)
+    image = decode_image(source.read_bytes(), 10**8)
+    mask = runtime.mask_for(image.rgb)
+    for extra, mode, threshold, edges in (({"threshold": 200}, "threshold", 200, "refined"),
+                                          ({"mode": "soft"}, "soft", None, "hard")):
+        response = client.post("/remove-background", json={
+            "sourceImagePath": "/in.jpg", "outputImagePath": "/o/out.png", **extra})
+        assert response.status_code == 200, response.json
+        got = np.asarray(Image.open(sandbox["root"] / "o/out.png"))
+        expected = post.cut_out(image.rgb, image.alpha, mask, mode, threshold,
+                                threshold_edges=edges)
+        np.testing.assert_array_equal(got, expected)
+        if edges == "refined":  # and it is not the hard cut
+            assert not np.array_equal(got, post.cut_out(image.rgb, image.alpha, mask, mode, threshold))
+    assert client.get("/model-info").json["threshold_edges"] == "refined"

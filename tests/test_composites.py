@@ -99,3 +99,37 @@ def test_the_harness_scores_composites_per_original_background(tmp_path):
     assert set(rows[0]) >= {"composite_edge_grey", "composite_whole_black", "composite_edge"}
     worst = Image.open(tmp_path / "out" / "worst_edges.png")
     assert worst.size[1] > 8 * 64  # eight close-ups of the worst edges
+
+
+def test_refined_threshold_edges_keep_the_thresholds_meaning():
+    """U2NET_THRESHOLD_EDGES=refined: 0 keeps the whole image with its own colours, a higher
+    threshold never keeps more, and the edge is refine's: on the blurred disc it composites far
+    better than the hard cut at the same threshold."""
+    import Image_PostProcesser as post
+
+    photo, alpha, source = disc_case(160)
+    rng = np.random.default_rng(0)
+    mask = np.clip(np.rint(alpha * 255) + rng.integers(-20, 21, alpha.shape), 0, 255).astype(np.uint8)
+    everything = post.refined_threshold(source, None, mask, 0)
+    assert (everything[:, :, 3] == 255).all() and np.array_equal(everything[:, :, :3], source)
+    kept = [int(post.refined_threshold(source, None, mask, t)[:, :, 3].astype(int).sum())
+            for t in (0, 50, 128, 200, 250)]
+    assert kept == sorted(kept, reverse=True) and kept[-1] < kept[0]
+    for colour in comp.NEW_BACKGROUNDS.values():
+        refined = comp.composite_error(post.refined_threshold(source, None, mask, 200), photo, alpha,
+                                       colour).edge
+        hard = comp.composite_error(post.apply_threshold(source, None, mask, 200), photo, alpha,
+                                    colour).edge
+        assert refined < 0.6 * hard, (refined, hard)
+    assert np.array_equal(post.cut_out(source, None, mask, "threshold", 200, threshold_edges="refined"),
+                          post.refined_threshold(source, None, mask, 200))
+
+
+def test_the_harness_names_refined_threshold_modes():
+    spec = ModeSpec.parse("threshold:200+refined")
+    assert (spec.label, spec.threshold, spec.threshold_edges) == ("threshold:200+refined", 200, "refined")
+    assert ModeSpec.parse("threshold:200+filter+refined").subject_filter
+    with pytest.raises(ValueError, match="threshold modes only"):
+        ModeSpec.parse("soft+refined")
+    with pytest.raises(ValueError, match="unknown addition 'blur'"):
+        ModeSpec.parse("soft+blur")

@@ -70,6 +70,8 @@ def test_the_estimate_follows_the_mode_and_the_source():
         memory_needed(pixels, OutputOptions(mode="refine"), 0)
     assert memory_needed(pixels, OutputOptions(mode="soft", bg_color=(1, 2, 3)), 0) > \
         memory_needed(pixels, OutputOptions(mode="soft"), 0)
+    website = OutputOptions(mode="threshold", threshold=200)  # with refined edges: refine's work
+    assert memory_needed(pixels, website, 0, "refined") == memory_needed(pixels, refine, 0)
 
 
 def test_a_saturated_worker_refuses_before_reading_the_source(app, client, sandbox, monkeypatch):

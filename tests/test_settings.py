@@ -36,6 +36,7 @@ def test_environment_overrides():
     ({"U2NET_BATCH_WAIT_MS": "soon"}, "U2NET_BATCH_WAIT_MS must be a number"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be"),
     ({"U2NET_DEFAULT_MODE": "blur"}, "U2NET_DEFAULT_MODE must be one of"),
+    ({"U2NET_THRESHOLD_EDGES": "soft"}, "U2NET_THRESHOLD_EDGES must be one of hard, refined"),
     ({"U2NET_MODEL": "nope"},
      "U2NET_MODEL must be one of u2net_human_seg, u2net, u2netp, isnet-general-use, got 'nope'"),
     ({"U2NET_ENGINE": "tensorrt"}, "U2NET_ENGINE must be one of auto, torch, onnxruntime"),
