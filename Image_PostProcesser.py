@@ -326,7 +326,8 @@ def refined_threshold(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarra
     cv2.multiply(alpha8, cv2.dilate(kept, disc), dst=alpha8)  # 0 beyond the support
     core = cv2.erode(kept, disc)  # erosion keeps the image border: 0 keeps everything
     np.copyto(fg8, rgb, where=core.view(bool)[:, :, None])
-    cv2.max(alpha8, cv2.multiply(core, 255, dst=core), dst=alpha8)
+    core *= 255
+    cv2.max(alpha8, core, dst=alpha8)
     return compose_rgba(fg8, _combine_alpha(alpha8, alpha))
 
 
