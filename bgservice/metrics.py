@@ -88,10 +88,23 @@ def gradient_error(pred: np.ndarray, gt: np.ndarray, region: np.ndarray | None =
     return float(diff[_region(gt.shape, region)].sum() / 1000)
 
 
+STRAY_DISTANCE_PX = 5
+
+
+def stray_alpha(pred: np.ndarray, gt: np.ndarray, distance: int = STRAY_DISTANCE_PX) -> float:
+    """Alpha more than `distance` pixels outside the true subject (gt above 0.02), summed in
+    thousands like SAD: streaks of the old background, fragments beyond the hair."""
+    subject = (gt > 0.02).astype(np.uint8)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * distance + 1, 2 * distance + 1))
+    outside = cv2.dilate(subject, disc) == 0
+    return float(pred[outside].sum() / 1000)
+
+
 def all_metrics(pred: np.ndarray, gt: np.ndarray, unknown: np.ndarray | None = None) -> dict:
     """Every measure over the whole image, plus over the trimap's unknown region when given."""
     out = {"iou": iou(pred, gt), "boundary_f": boundary_f(pred, gt), "mae": mae(pred, gt),
-           "sad": sad(pred, gt), "mse": mse(pred, gt), "grad": gradient_error(pred, gt)}
+           "sad": sad(pred, gt), "mse": mse(pred, gt), "grad": gradient_error(pred, gt),
+           "stray": stray_alpha(pred, gt)}
     if unknown is not None:
         out.update(sad_unknown=sad(pred, gt, unknown), mse_unknown=mse(pred, gt, unknown),
                    grad_unknown=gradient_error(pred, gt, unknown), mae_unknown=mae(pred, gt, unknown))

@@ -170,3 +170,13 @@ def test_each_model_refines_with_its_own_parameters():
                               post.cut_out(rgb, None, mask, "refine"))
     with pytest.raises(TypeError):
         post.refine_params((("radius", 0.01),))  # a misspelt field fails loudly
+
+
+def test_stray_alpha_counts_only_what_lies_well_outside_the_subject():
+    gt = np.zeros((60, 60), np.float32)
+    gt[20:40, 20:40] = 1
+    pred = gt.copy()
+    pred[20:40, 41:44] = 1  # a halo within 5 px: an edge question, not a stray
+    assert metrics.stray_alpha(pred, gt) == 0
+    pred[2:6, 2:7] = 0.5  # a fragment far away: 20 pixels at 0.5
+    assert metrics.stray_alpha(pred, gt) == pytest.approx(10 / 1000)
