@@ -163,7 +163,7 @@ def test_each_model_refines_with_its_own_parameters():
     assert post.refine_params() is post.REFINE  # U²-Net's: the values they were chosen for
     assert post.refine_params(get_spec("u2netp").refine) is post.REFINE
     isnet = post.refine_params(get_spec("isnet-general-use").refine)
-    assert (isnet.radius_frac, isnet.coarse_side) == (0.01, 200)
+    assert (isnet.radius_frac, isnet.coarse_side, isnet.bound_frac) == (0.01, 200, 0.0)
     assert (isnet.eps, isnet.contrast) == (post.REFINE.eps, post.REFINE.contrast)
     rgb, mask, _, _ = blurred_disc_scene(size=240)
     assert not np.array_equal(post.cut_out(rgb, None, mask, "refine", params=isnet),
