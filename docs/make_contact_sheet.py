@@ -4,7 +4,8 @@
 
 The shared evaluation data may not be shipped, so the README's example uses scenes drawn here,
 with a known alpha: soft-edged discs and a mug on coloured backgrounds. The harness runs the real
-U2NETP weights (read in place) through threshold 200, soft and refine.
+U2NETP weights (read in place) through threshold 200, soft, refine and threshold 200 with
+refined edges (U2NET_THRESHOLD_EDGES=refined).
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def main() -> int:
         out = Path(tmp) / "out"
         subprocess.run([sys.executable, "-m", "bgservice", "evaluate", str(data), "--model",
                         f"u2netp={args.weights}", "--mode", "threshold:200", "--mode", "soft",
-                        "--mode", "refine", "--out", str(out)], check=True)
+                        "--mode", "refine", "--mode", "threshold:200+refined", "--out", str(out)],
+                       check=True)
         sheet = Image.open(out / "contact_sheet.png")
         sheet.save(HERE / "contact-sheet-example.png", optimize=True)
     print(f"written {HERE / 'contact-sheet-example.png'}")
