@@ -311,24 +311,45 @@ def refined_threshold(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarra
 
     The threshold still decides what is subject: the region where mask >= threshold. Refine
     decides the edge within `support_frac` of that region's boundary; beyond it everything is
-    transparent, and the region's interior (eroded by as much) stays opaque with its own colours.
+    transparent, and the region's interior (that far inside) stays opaque with its own colours.
     So a higher threshold removes more, 0 keeps the whole image, as with the hard rule; only the
     edge is soft, and free of the old background's colour. Gating refine's alpha by the cut line
     itself does not work: U2NETP's line at 200 lies inside the true edge (measured: 16.0/255,
     no better than the hard cut's 16.2)."""
     _check(rgb, mask)
-    if _tiny(rgb):
+    dropped = cv2.compare(mask, threshold, cv2.CMP_LT)  # 255 where the threshold removes
+    if _tiny(rgb) or not dropped.any():  # threshold 0 keeps everything, as the hard rule does
         return apply_threshold(rgb, alpha, mask, threshold)
     fg8, alpha8 = _refined(rgb, mask, params)
-    # In place, with one-byte temporaries: this runs after refine's peak and must stay under it.
-    kept = (mask >= threshold).view(np.uint8)
-    disc = _disc(max(1, round(support_frac * min(mask.shape))))
-    cv2.multiply(alpha8, cv2.dilate(kept, disc), dst=alpha8)  # 0 beyond the support
-    core = cv2.erode(kept, disc)  # erosion keeps the image border: 0 keeps everything
-    np.copyto(fg8, rgb, where=core.view(bool)[:, :, None])
-    core *= 255
-    cv2.max(alpha8, core, dst=alpha8)
+    beyond, inside = _support_and_core(dropped, support_frac * min(mask.shape))
+    cv2.subtract(alpha8, beyond, dst=alpha8)  # 0 beyond the support (saturating)
+    cv2.copyTo(rgb, inside, fg8)  # the interior keeps its own colours, fully opaque
+    cv2.max(alpha8, inside, dst=alpha8)
     return compose_rgba(fg8, _combine_alpha(alpha8, alpha))
+
+
+def _support_and_core(dropped: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(farther than `radius` from every kept pixel, farther than `radius` from every dropped
+    pixel), both 0/255 maps, from the 0/255 map of dropped pixels. Distance transforms on a copy
+    reduced so that the radius stays about 5 of its pixels: linear in the pixels whatever the
+    radius (a 45 px disc's dilation cost 40 ms at 1080p), and a few pixels of error at the far
+    ends of the support, where refine's alpha is 0 or 1 anyway."""
+    h, w = dropped.shape
+    scale = max(1, int(radius // 5))
+    if scale > 1:  # a block counts as dropped (kept) when any of its pixels is
+        small = (max(1, w // scale), max(1, h // scale))
+        area = cv2.resize(dropped, small, interpolation=cv2.INTER_AREA)
+        any_dropped = cv2.compare(area, 0, cv2.CMP_GT)
+        any_kept = cv2.compare(area, 255, cv2.CMP_LT)
+    else:
+        any_dropped, any_kept = dropped, 255 - dropped
+    r = radius / scale
+    beyond = cv2.compare(cv2.distanceTransform(255 - any_kept, cv2.DIST_L2, 3), r, cv2.CMP_GT)
+    inside = cv2.compare(cv2.distanceTransform(255 - any_dropped, cv2.DIST_L2, 3), r, cv2.CMP_GT)
+    if scale > 1:
+        beyond = cv2.resize(beyond, (w, h), interpolation=cv2.INTER_NEAREST)
+        inside = cv2.resize(inside, (w, h), interpolation=cv2.INTER_NEAREST)
+    return beyond, inside
 
 
 # The subject filter, chosen on the shared ground truth with real U2NETP masks (README, "Cut-out
