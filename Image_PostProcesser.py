@@ -317,7 +317,8 @@ def refined_threshold(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarra
     itself does not work: U2NETP's line at 200 lies inside the true edge (measured: 16.0/255,
     no better than the hard cut's 16.2)."""
     _check(rgb, mask)
-    dropped = cv2.compare(mask, threshold, cv2.CMP_LT)  # 255 where the threshold removes
+    # 255 where the threshold removes (mask < threshold), else 0
+    dropped = cv2.threshold(mask, threshold - 1, 255, cv2.THRESH_BINARY_INV)[1]
     if _tiny(rgb) or not dropped.any():  # threshold 0 keeps everything, as the hard rule does
         return apply_threshold(rgb, alpha, mask, threshold)
     fg8, alpha8 = _refined(rgb, mask, params)
@@ -339,13 +340,17 @@ def _support_and_core(dropped: np.ndarray, radius: float) -> tuple[np.ndarray, n
     if scale > 1:  # a block counts as dropped (kept) when any of its pixels is
         small = (max(1, w // scale), max(1, h // scale))
         area = cv2.resize(dropped, small, interpolation=cv2.INTER_AREA)
-        any_dropped = cv2.compare(area, 0, cv2.CMP_GT)
-        any_kept = cv2.compare(area, 255, cv2.CMP_LT)
+        any_dropped = cv2.threshold(area, 0, 255, cv2.THRESH_BINARY)[1]
+        any_kept = cv2.threshold(area, 254, 255, cv2.THRESH_BINARY_INV)[1]
     else:
         any_dropped, any_kept = dropped, 255 - dropped
     r = radius / scale
-    beyond = cv2.compare(cv2.distanceTransform(255 - any_kept, cv2.DIST_L2, 3), r, cv2.CMP_GT)
-    inside = cv2.compare(cv2.distanceTransform(255 - any_dropped, cv2.DIST_L2, 3), r, cv2.CMP_GT)
+
+    def farther_than_r(source: np.ndarray) -> np.ndarray:  # 255 where > r from every zero pixel
+        distance = cv2.distanceTransform(source, cv2.DIST_L2, 3)
+        return cv2.threshold(distance, r, 255, cv2.THRESH_BINARY)[1].astype(np.uint8)
+
+    beyond, inside = farther_than_r(255 - any_kept), farther_than_r(255 - any_dropped)
     if scale > 1:
         beyond = cv2.resize(beyond, (w, h), interpolation=cv2.INTER_NEAREST)
         inside = cv2.resize(inside, (w, h), interpolation=cv2.INTER_NEAREST)
