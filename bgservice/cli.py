@@ -48,12 +48,21 @@ def _cmd_download(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    name_width = max(len(name) for name in MODELS)
-    arch_width = max(len(spec.architecture) for spec in MODELS.values())
+    """One line per model: the default marked *, architecture, input size, download size, licence,
+    whether its weights are where the service looks (and where), and what it is for."""
+    rows = []
     for spec in MODELS.values():
-        marker = "*" if spec.name == settings.model else " "
-        print(f"{marker} {spec.name:{name_width}s} {spec.architecture:{arch_width}s} "
-              f"{spec.size_mb:6.1f} MB  {spec.description}")
+        path = default_weights_path(settings.models_dir, spec)
+        rows.append(("*" if spec.name == settings.model else " ", spec.name, spec.architecture,
+                     f"{spec.input_size}px", f"{spec.size_mb:.1f} MB", spec.licence,
+                     f"downloaded: {path}" if path.is_file() else "not downloaded"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row, spec in zip(rows, MODELS.values(), strict=True):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  "
+              + row[-1])
+        print(f"    {spec.description}")
+    if settings.weights:
+        print(f"U2NET_WEIGHTS={settings.weights} is used for {settings.model} instead")
     return 0
 
 
