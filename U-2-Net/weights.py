@@ -176,8 +176,9 @@ def download(spec: ModelSpec, dest: Path, *, sources: tuple[Source, ...] | None 
             fetched = _fetch_verified(source, fd, sha256, spec, progress, timeout)
             written = _install(source, tmp, dest, spec) or fetched
             if expected_checksum(source, sha256) is None:
-                log.warning("no published checksum for %s from %s; verified by a strict load only. "
-                            "SHA-256 %s (pin it with --sha256)", spec.name, source.host, fetched)
+                log.warning("no published checksum for %s from %s; verified only by loading it into "
+                            "the architecture. SHA-256 %s (pin it with --sha256)", spec.name,
+                            source.host, fetched)
             return Downloaded(source, fetched, written)
         except Exception as exc:  # try the next source; report all failures at the end
             errors.append(f"{source.host} ({source.url}): {exc}")
