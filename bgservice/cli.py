@@ -162,30 +162,14 @@ def _plan(inputs: list[str], output: Path | None, fmt: str) -> Plan:
     return plan
 
 
-def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+def _remove_all(todo: Plan, remover, options, quiet: bool) -> int:
+    """Cut out every (source, destination) pair; returns how many failed (each says why)."""
     from tqdm import tqdm
 
-    from .errors import BadRequest, ServiceError
-    from .options import parse_options
+    from .errors import ServiceError
 
-    given = {f.name: getattr(args, f.name) for f in OPTIONS}
-    try:  # as strings, checked with the service's messages
-        options = parse_options({k: str(int(v) if isinstance(v, bool) else v)
-                                 for k, v in given.items() if v not in (None, False)},
-                                settings.default_mode)
-    except BadRequest as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    plan = _plan(args.inputs, args.output, options.format)
-    if not plan:
-        print("error: no images found in the given inputs", file=sys.stderr)
-        return 2
-    todo = [(s, d) for s, d in plan if d == "-" or args.overwrite or not Path(d).exists()]
-    skipped = len(plan) - len(todo)
-    service = _load_service(settings, args.model, args.weights)
-    runtime, remover = service.runtime, service.remover
     failed = 0
-    bar = tqdm(todo, unit="image", file=sys.stderr, disable=args.quiet or len(todo) < 2)
+    bar = tqdm(todo, unit="image", file=sys.stderr, disable=quiet or len(todo) < 2)
     for src, dst in bar:
         try:
             data = sys.stdin.buffer.read() if src == "-" else Path(src).read_bytes()
@@ -200,7 +184,53 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
             failed += 1
             message = exc.message if isinstance(exc, ServiceError) else exc.strerror or str(exc)
             bar.write(f"error: {src}: {message}", file=sys.stderr)
-    runtime.close()
+    return failed
+
+
+def _output_problem(inputs: list[str], output: Path | None) -> str | None:
+    """Why -o cannot take these inputs: several inputs need a folder, and a name like
+    `single.png` that is not one would silently become one."""
+    if output is not None and len(inputs) > 1 and not output.is_dir() \
+            and output.suffix.lower() in IMAGE_SUFFIXES:
+        return (f"{len(inputs)} inputs need an output folder, but -o {output} names a file; "
+                "give a folder (it is created) or a single input")
+    return None
+
+
+def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from .errors import BadRequest
+    from .options import parse_options
+
+    given = {f.name: getattr(args, f.name) for f in OPTIONS}
+    try:  # as strings, checked with the service's messages
+        options = parse_options({k: str(int(v) if isinstance(v, bool) else v)
+                                 for k, v in given.items() if v not in (None, False)},
+                                settings.default_mode)
+    except BadRequest as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    problem = _output_problem(args.inputs, args.output)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    plan = _plan(args.inputs, args.output, options.format)
+    if not plan:
+        print("error: no images found in the given inputs", file=sys.stderr)
+        return 2
+    todo = [(s, d) for s, d in plan if d == "-" or args.overwrite or not Path(d).exists()]
+    skipped = len(plan) - len(todo)
+    if not todo:  # nothing to do: no model to load (that takes seconds)
+        if not args.quiet:
+            print(f"0 done, 0 failed, {skipped} skipped (already there; --overwrite redoes them)",
+                  file=sys.stderr)
+        return 0
+    service = _load_service(settings, args.model, args.weights)
+    try:
+        failed = _remove_all(todo, service.remover, options, args.quiet)
+    finally:
+        service.runtime.close()
+    if not args.quiet and len(plan) == 1 and not failed and plan[0][1] != "-":
+        print(f"wrote {plan[0][1]}", file=sys.stderr)
     if not args.quiet and len(plan) > 1:
         print(f"{len(todo) - failed} done, {failed} failed, {skipped} skipped (already there)",
               file=sys.stderr)

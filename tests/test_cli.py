@@ -22,9 +22,10 @@ def cli(random_weights, tmp_path):
            "U2NET_DEVICE": "cpu", "U2NET_CACHE_DIR": str(random_weights.parent / "onnx-cache"),
            "LOG_LEVEL": "WARNING"}
 
-    def run(*args, stdin: bytes | None = None):
-        return subprocess.run([sys.executable, "-m", "bgservice", *map(str, args)], env=env,
-                              cwd=tmp_path, input=stdin, capture_output=True, timeout=300)
+    def run(*args, stdin: bytes | None = None, **env_changes):
+        return subprocess.run([sys.executable, "-m", "bgservice", *map(str, args)],
+                              env={**env, **env_changes}, cwd=tmp_path, input=stdin,
+                              capture_output=True, timeout=300)
 
     return run
 
@@ -35,7 +36,8 @@ def test_one_file_next_to_its_input(cli, tmp_path):
     assert done.returncode == 0, done.stderr.decode()
     out = Image.open(tmp_path / "portrait-nobg.png")
     assert out.mode == "RGBA" and out.size == (90, 70)
-    assert done.stderr == b""  # one file: no progress bar
+    # one file: no progress bar, one line that says where the cut-out went
+    assert done.stderr.decode() == f"wrote {tmp_path / 'portrait-nobg.png'}\n"
 
 
 def test_a_folder_recursively_keeping_the_tree_with_progress_and_skips(cli, tmp_path):
@@ -48,10 +50,20 @@ def test_a_folder_recursively_keeping_the_tree_with_progress_and_skips(cli, tmp_
         assert Image.open(tmp_path / "out" / rel).mode == "RGBA"
     err = done.stderr.decode()
     assert "100%" in err and "3/3" in err and "3 done, 0 failed, 0 skipped" in err
-    again = cli("remove", tmp_path / "in", "-o", tmp_path / "out")
+    # everything is there: done without loading the model (weights that do not exist prove it)
+    again = cli("remove", tmp_path / "in", "-o", tmp_path / "out",
+                U2NET_WEIGHTS=str(tmp_path / "absent.pth"))
     assert again.returncode == 0 and "0 done, 0 failed, 3 skipped" in again.stderr.decode()
     forced = cli("remove", tmp_path / "in", "-o", tmp_path / "out", "--overwrite")
     assert "3 done" in forced.stderr.decode()
+
+
+def test_several_inputs_and_an_output_that_names_a_file_exit_2(cli, tmp_path):
+    a, b = save_image(tmp_path / "a.jpg", photo(30, 20)), save_image(tmp_path / "b.jpg", photo(30, 20))
+    done = cli("remove", a, b, "-o", tmp_path / "single.png")
+    assert done.returncode == 2
+    assert "2 inputs need an output folder, but -o" in done.stderr.decode()
+    assert not (tmp_path / "single.png").exists()  # no folder of that name made
 
 
 def test_a_failed_file_gives_one_line_and_exit_1(cli, tmp_path):
