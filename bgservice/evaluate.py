@@ -131,6 +131,7 @@ class _Case:
     unknown: np.ndarray | None
     background: str | None = None  # composites: the original background's name
     photo: np.ndarray | None = None  # composites: the photo whose colours are the truth
+    band: np.ndarray | None = None  # composites: the true alpha's edge band (one per image)
 
 
 def _cases(data: Path, composites: bool, limit: int | None):
@@ -145,17 +146,18 @@ def _cases(data: Path, composites: bool, limit: int | None):
         if not composites:
             yield _Case(stem, image.rgb, image.alpha, gt, unknown)
             continue
+        band = comp.edge_band(gt)
         for name, background in comp.original_backgrounds(*gt.shape).items():
             yield _Case(stem, comp.source_photo(image.rgb, gt, background), None, gt, unknown,
-                        name, image.rgb)
+                        name, image.rgb, band)
 
 
-def _composite_scores(rgba: np.ndarray, case: _Case, band: np.ndarray) -> dict:
+def _composite_scores(rgba: np.ndarray, case: _Case) -> dict:
     assert case.photo is not None
     scores = {f"composite_{part}_{name}": value
               for name, colour in comp.NEW_BACKGROUNDS.items()
               for part, value in vars(comp.composite_error(rgba, case.photo, case.gt, colour,
-                                                           band)).items()}
+                                                           case.band)).items()}
     for part in ("edge", "whole"):
         scores[f"composite_{part}"] = float(np.mean([v for k, v in scores.items()
                                                      if k.startswith(f"composite_{part}_")]))
@@ -183,7 +185,6 @@ def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None
         started = time.perf_counter()
         mask = mask_fn(case.rgb)
         mask_ms = (time.perf_counter() - started) * 1000
-        band = comp.edge_band(case.gt) if composites else None
         for spec in modes:
             started = time.perf_counter()
             m = post.drop_small_regions(mask) if spec.subject_filter else mask
@@ -196,8 +197,8 @@ def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None
             if case.background is not None:
                 row["background"] = case.background
             scores = all_metrics(alpha, case.gt, case.unknown)
-            if band is not None:
-                scores.update(_composite_scores(rgba, case, band))
+            if case.photo is not None:
+                scores.update(_composite_scores(rgba, case))
                 worst.offer(row, scores["composite_edge"], rgba, case)
             row.update({k: round(v, 5) for k, v in scores.items()})
             rows.append(row)
