@@ -25,6 +25,7 @@ from .transforms import normalise_prediction
 log = logging.getLogger(__name__)
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_PRECISIONS = tuple(_AUTOCAST)  # these need a calibration input (TorchPredictor)
 # Precisions that need CUDA: TF32 is a tensor-core format, and CPU fp16 convolutions are slow.
 _CUDA_ONLY = ("tf32", "fp16")
 # A conv output whose offsets (per-channel means, RMS over channels) are this many times its

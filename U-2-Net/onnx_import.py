@@ -153,12 +153,22 @@ def import_onnx(path: Path, net: nn.Module, input_size: int,
     return state
 
 
+def import_to_file(onnx_path: Path, spec: ModelSpec, target: Path) -> int:
+    """Import and prove the export `onnx_path` as `spec`'s architecture and write the weights to
+    `target` atomically (complete or absent); returns how many tensors it holds. The one path
+    from an ONNX file to a .pth: `bgremove import-onnx`, U2NET_WEIGHTS=FILE.onnx, downloads."""
+    from .atomic import atomic_write
+    from .model import ARCHITECTURES
+
+    state = import_onnx(onnx_path, ARCHITECTURES[spec.architecture](), spec.input_size)
+    atomic_write(target, lambda f: torch.save(state, f))
+    return len(state)
+
+
 def imported_weights(onnx_path: Path, spec: ModelSpec, cache_dir: Path | None) -> Path:
     """The .pth for an ONNX export of `spec`'s architecture (U2NET_WEIGHTS=FILE.onnx): imported
     and proved once, then kept in `cache_dir` under the export's checksum (a temporary folder's
     file when there is no cache)."""
-    from .atomic import atomic_write
-    from .model import ARCHITECTURES
     from .weights import file_digest
 
     digest = file_digest(onnx_path)
@@ -167,7 +177,6 @@ def imported_weights(onnx_path: Path, spec: ModelSpec, cache_dir: Path | None) -
     if target.is_file():
         return target
     log.info("importing %s as %s weights (once; kept as %s)", onnx_path, spec.architecture, target)
-    state = import_onnx(onnx_path, ARCHITECTURES[spec.architecture](), spec.input_size)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, lambda f: torch.save(state, f))
+    import_to_file(onnx_path, spec, target)
     return target

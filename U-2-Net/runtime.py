@@ -22,6 +22,7 @@ import torch
 
 from .batching import DynamicBatcher, QueueFull
 from .engine import (
+    AUTOCAST_PRECISIONS,
     MAX_AUTO_MAD,
     MIN_AUTO_IOU,
     OnnxPredictor,
@@ -95,22 +96,25 @@ def calibration_input(spec: ModelSpec) -> np.ndarray:
 
 
 def _build_predictor(spec: ModelSpec, path: Path, sha256: str, device: torch.device,
-                     options: RuntimeOptions, precision: str) -> Predictor:
+                     options: RuntimeOptions, precision: str,
+                     calibration: np.ndarray | None = None) -> Predictor:
+    """The engine for `precision`; `calibration` (calibration_input) is needed below fp32."""
     engine = choose_engine(options.engine, device, precision)
     if engine == "onnxruntime":
         model = onnx_model_bytes(lambda: build_model(spec, path), spec.input_size,
                                  options.cache_dir, sha256)
         return OnnxPredictor(model, precision)
     return TorchPredictor(build_model(spec, path), device, precision,
-                          calibration=torch.from_numpy(calibration_input(spec)))
+                          calibration=None if calibration is None else torch.from_numpy(calibration))
 
 
 def _checked_or_fp32(predictor: Predictor, spec: ModelSpec, path: Path, sha256: str,
-                     device: torch.device, options: RuntimeOptions) -> Predictor:
+                     device: torch.device, options: RuntimeOptions,
+                     calibration: np.ndarray) -> Predictor:
     """The reduced precision `auto` chose, if its masks agree with fp32 on the calibration input
     (engine.MIN_AUTO_IOU, MAX_AUTO_MAD); else an fp32 predictor, with a warning."""
     assert isinstance(predictor, TorchPredictor)
-    iou, mad = predictor.agreement_with_fp32(calibration_input(spec))
+    iou, mad = predictor.agreement_with_fp32(calibration)
     predictor.auto_check = {"iou_vs_fp32": round(iou, 5), "mad_vs_fp32": round(mad, 3)}
     if iou >= MIN_AUTO_IOU and mad <= MAX_AUTO_MAD:
         return predictor
@@ -155,9 +159,12 @@ class ModelRuntime:
         sha256 = file_digest(path)
         device = choose_device(options.device)
         precision = resolve_precision(options.precision, options.engine, spec, device)
-        predictor = _build_predictor(spec, path, sha256, device, options, precision)
-        if options.precision == "auto" and precision != "fp32":
-            predictor = _checked_or_fp32(predictor, spec, path, sha256, device, options)
+        # One photo-like calibration input, for the layers kept in fp32 and auto's check.
+        calibration = calibration_input(spec) if precision in AUTOCAST_PRECISIONS else None
+        predictor = _build_predictor(spec, path, sha256, device, options, precision, calibration)
+        if options.precision == "auto" and calibration is not None:
+            predictor = _checked_or_fp32(predictor, spec, path, sha256, device, options,
+                                         calibration)
         release_free_memory()  # the PyTorch copy and the export are garbage now
         log.info("loaded %s (%s) from %s (sha256 %s) on %s with %s, %s, in %.2f s", spec.name,
                  spec.architecture, path, sha256, describe_device(device), predictor.engine,

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
 from .model import ARCHITECTURES, U2Net
 from .registry import ModelLoadError, ModelSpec, Source
 
@@ -214,10 +213,9 @@ def _install(source: Source, fetched: Path, dest: Path, spec: ModelSpec) -> str 
         os.chmod(fetched, 0o644)
         os.replace(fetched, dest)
         return None
-    from .onnx_import import import_onnx  # onnx is needed only here
+    from .onnx_import import import_to_file  # onnx is needed only here
 
-    state = import_onnx(fetched, ARCHITECTURES[spec.architecture](), spec.input_size)
-    atomic_write(dest, lambda f: torch.save(state, f))
+    import_to_file(fetched, spec, dest)
     return file_digest(dest)
 
 

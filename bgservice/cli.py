@@ -67,17 +67,14 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_import_onnx(args: argparse.Namespace, settings: Settings) -> int:
-    import torch
-    from u2net.model import ARCHITECTURES
-    from u2net.onnx_import import import_onnx
+    from u2net.onnx_import import import_to_file
 
     spec = get_spec(args.model)
     if not args.file.is_file():
         print(f"error: {args.file} is not a file", file=sys.stderr)
         return 2
-    state = import_onnx(args.file, ARCHITECTURES[spec.architecture](), spec.input_size)
-    atomic_write(args.output, lambda f: torch.save(state, f))
-    print(f"wrote {args.output} ({spec.architecture}, {len(state)} tensors; proved against ONNX "
+    tensors = import_to_file(args.file, spec, args.output)
+    print(f"wrote {args.output} ({spec.architecture}, {tensors} tensors; proved against ONNX "
           "Runtime)")
     return 0
 
@@ -93,8 +90,6 @@ def _load_service(settings: Settings, model: str | None = None, weights: Path | 
 
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    import Image_PostProcesser as post
-
     from .evaluate import ModeSpec, WorstEdges, evaluate, summarise, write_outputs
 
     try:
@@ -108,10 +103,11 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     models = [m.partition("=") for m in (args.model or [settings.model])]
     rows, sheet, worst = [], [], WorstEdges()
     for name, _, weights in models:
-        runtime = _load_service(settings, name, Path(weights) if weights else args.weights).runtime
+        service = _load_service(settings, name, Path(weights) if weights else args.weights)
+        runtime = service.runtime
         label = (f"{name}:{Path(weights).stem}/" if weights else f"{name}/") if len(models) > 1 else ""
         these, _, these_sheet = evaluate(args.data, modes, runtime.mask_for, label=label,
-                                         refine=post.refine_params(runtime.spec.refine),
+                                         refine=service.remover.refine,
                                          composites=composites, limit=args.limit, worst=worst)
         rows += these
         sheet += these_sheet

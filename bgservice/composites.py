@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .metrics import disc
+
 EDGE_BAND_PX = 6
 
 PLAIN = {"green": (40, 170, 60), "blue": (30, 70, 200)}
@@ -70,10 +72,21 @@ def source_photo(photo: np.ndarray, alpha: np.ndarray, background: Background) -
 def edge_band(alpha: np.ndarray, width: int = EDGE_BAND_PX) -> np.ndarray:
     """Pixels within `width` of the alpha's 0.5 contour (boolean HxW)."""
     inside = (alpha >= 0.5).astype(np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    kernel = disc(width)
     grown = cv2.dilate(inside, kernel, borderType=cv2.BORDER_REPLICATE)
     shrunk = cv2.erode(inside, kernel, borderType=cv2.BORDER_REPLICATE)
     return (grown > 0) & (shrunk == 0)
+
+
+def cut_out_over(rgba: np.ndarray, background: Background) -> np.ndarray:
+    """A uint8 RGBA cut-out over `background`, float32 0-255 (unrounded: scores stay exact)."""
+    return over(rgba[:, :, :3], rgba[:, :, 3].astype(np.float32) / 255, background)
+
+
+def difference(rgba: np.ndarray, photo: np.ndarray, alpha: np.ndarray,
+               background: Background) -> np.ndarray:
+    """|ours - truth| on `background`, averaged over the colour channels (HxW, 0-255)."""
+    return np.abs(cut_out_over(rgba, background) - over(photo, alpha, background)).mean(axis=2)
 
 
 @dataclass(frozen=True)
@@ -86,9 +99,7 @@ def composite_error(rgba: np.ndarray, photo: np.ndarray, alpha: np.ndarray,
                     new_background: Background, band: np.ndarray | None = None) -> CompositeError:
     """How far the cut-out `rgba` (uint8 HxWx4) on `new_background` is from the truth (`photo`'s
     colours with the true `alpha` on it). `band`: the edge band, when already computed."""
-    ours = over(rgba[:, :, :3], rgba[:, :, 3].astype(np.float32) / 255, new_background)
-    truth = over(photo, alpha, new_background)
-    diff = np.abs(ours - truth).mean(axis=2)
+    diff = difference(rgba, photo, alpha, new_background)
     band = edge_band(alpha) if band is None else band
     edge = float(diff[band].mean()) if band.any() else 0.0
     return CompositeError(edge=edge, whole=float(diff.mean()))
@@ -97,8 +108,7 @@ def composite_error(rgba: np.ndarray, photo: np.ndarray, alpha: np.ndarray,
 def worst_edge_window(rgba: np.ndarray, photo: np.ndarray, alpha: np.ndarray,
                       new_background: Background, side: int = 96) -> tuple[int, int]:
     """(y, x) of the `side`-square window with the largest summed composite error: where to look."""
-    ours = over(rgba[:, :, :3], rgba[:, :, 3].astype(np.float32) / 255, new_background)
-    diff = np.abs(ours - over(photo, alpha, new_background)).mean(axis=2)
+    diff = difference(rgba, photo, alpha, new_background)
     h, w = diff.shape
     side = min(side, h, w)
     summed = cv2.boxFilter(diff, -1, (side, side), normalize=False, anchor=(0, 0),

@@ -100,9 +100,7 @@ def checkerboard(h: int, w: int, cell: int = 16) -> np.ndarray:
 
 
 def on_checkerboard(rgba: np.ndarray) -> np.ndarray:
-    a = rgba[:, :, 3:4].astype(np.float32) / 255
-    board = checkerboard(*rgba.shape[:2]).astype(np.float32)
-    return np.rint(rgba[:, :, :3] * a + board * (1 - a)).astype(np.uint8)
+    return np.rint(comp.cut_out_over(rgba, checkerboard(*rgba.shape[:2]))).astype(np.uint8)
 
 
 def _tile(rgb: np.ndarray, height: int) -> np.ndarray:
@@ -229,7 +227,7 @@ class WorstEdges:
             y, x = comp.worst_edge_window(rgba, case.photo, case.gt, colour, self.side)
             window = (slice(y, y + self.side), slice(x, x + self.side))
             truth = comp.over(case.photo[window], case.gt[window], colour)
-            ours = comp.over(rgba[window][:, :, :3], rgba[window][:, :, 3] / 255, colour)
+            ours = comp.cut_out_over(rgba[window], colour)
             tiles += [np.clip(np.rint(t), 0, 255).astype(np.uint8) for t in (truth, ours)]
         gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
         strip = np.hstack([tiles[0], gap, tiles[1], gap, gap, tiles[2], gap, tiles[3]])

@@ -91,12 +91,16 @@ def gradient_error(pred: np.ndarray, gt: np.ndarray, region: np.ndarray | None =
 STRAY_DISTANCE_PX = 5
 
 
+def disc(radius: int) -> np.ndarray:
+    """A filled disc of `radius` pixels, as a morphology kernel."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
 def stray_alpha(pred: np.ndarray, gt: np.ndarray, distance: int = STRAY_DISTANCE_PX) -> float:
     """Alpha more than `distance` pixels outside the true subject (gt above 0.02), summed in
     thousands like SAD: streaks of the old background, fragments beyond the hair."""
     subject = (gt > 0.02).astype(np.uint8)
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * distance + 1, 2 * distance + 1))
-    outside = cv2.dilate(subject, disc) == 0
+    outside = cv2.dilate(subject, disc(distance)) == 0
     return float(pred[outside].sum() / 1000)
 
 
