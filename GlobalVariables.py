@@ -92,8 +92,11 @@ class Settings:
     # auto|torch|onnxruntime, auto = ONNX Runtime on CPU, PyTorch on CUDA; U2NET_PRECISION).
     device: str = "auto"
     engine: str = "auto"
-    precision: str = "auto"  # fp32, or the model's measured amx_precision on an AMX CPU
-    # ONNX exports of the weights are cached here (U2NET_CACHE_DIR; default <models_dir>/.cache).
+    precision: str = "auto"  # fp32, or on an AMX CPU the faster of centred bf16 and fp32
+    # torch.compile for centred bf16 on CPU (U2NET_COMPILE: on|off; off starts faster, runs slower)
+    compile: bool = True
+    # ONNX exports and compiled kernels are cached here (U2NET_CACHE_DIR; default
+    # <models_dir>/.cache).
     cache_dir: Path | None = None
     # Dynamic batching (U2NET_MAX_BATCH, U2NET_BATCH_WAIT_MS) and the bound on waiting work
     # (U2NET_MAX_QUEUE); beyond it requests get 503 with Retry-After.
@@ -168,6 +171,7 @@ class Settings:
             engine=engine,
             cache_dir=_path(env, "U2NET_CACHE_DIR"),
             precision=precision,
+            compile=_choice(env, "U2NET_COMPILE", "on", ("on", "off")) == "on",
             max_batch=_number(env, "U2NET_MAX_BATCH", cls.max_batch, 0, 256),
             batch_wait_ms=_number(env, "U2NET_BATCH_WAIT_MS", cls.batch_wait_ms, 0, 1000, float),
             max_queue=_number(env, "U2NET_MAX_QUEUE", cls.max_queue, 1, 10_000),
@@ -216,7 +220,7 @@ class Settings:
 
         return RuntimeOptions(model=self.model, models_dir=self.models_dir, weights=self.weights,
                               device=self.device, engine=self.engine, precision=self.precision,
-                              cache_dir=self.cache_dir or self.models_dir / ".cache",
+                              compile=self.compile, cache_dir=self.cache_dir or self.models_dir / ".cache",
                               max_batch=self.max_batch, max_wait_ms=self.batch_wait_ms,
                               max_queue=self.max_queue, warmup_runs=self.warmup_runs)
 

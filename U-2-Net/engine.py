@@ -3,7 +3,9 @@
 PyTorch is the model's definition and the GPU path. On CPU, ONNX Runtime runs the same network
 (exported from the PyTorch module) about 2x faster than eager PyTorch fp32 on the development
 machine (340 ms against 670 ms for U2NET at 320x320, 2 cores) with the same result to ~1e-6, so
-`engine="auto"` picks it there. Both engines are exact fp32; the choice is reported in /model-info.
+`engine="auto"` picks it there for fp32. On a CPU with AMX, PyTorch's centred bf16 (centred.py,
+compiled) is faster still for some models: `candidates` lists both and the runtime times them at
+warm-up. Every choice is reported in /model-info.
 """
 from __future__ import annotations
 
@@ -18,22 +20,17 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
+from .centred import centre_convolutions
 from .model import U2Net
-from .registry import ENGINES, PRECISIONS, ModelSpec
+from .registry import ENGINES, PRECISIONS
 from .transforms import normalise_prediction
 
 log = logging.getLogger(__name__)
 
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-AUTOCAST_PRECISIONS = tuple(_AUTOCAST)  # these need a calibration input (TorchPredictor)
+_LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LOW_PRECISIONS = tuple(_LOW_PRECISION)  # centred convolutions (centred.py): need a calibration input
 # Precisions that need CUDA: TF32 is a tensor-core format, and CPU fp16 convolutions are slow.
 _CUDA_ONLY = ("tf32", "fp16")
-# A conv output whose offsets (per-channel means, RMS over channels) are this many times its
-# signal (per-channel std, RMS) loses that signal in 16-bit floats (bf16 keeps ~3 significant
-# digits). Measured on the shared U2NETP weights: two decoder stages score 10 and 18.6, all others
-# below 4.5; keeping exactly those two stages in fp32 passes the parity bounds (IoU >= 0.98) and
-# IoU 0.998 against fp32, while bf16 everywhere drops to IoU 0.89 (DESIGN.md warns of ~0.90).
-SENSITIVITY_RATIO = 8.0
 ONNX_OPSET = 17
 
 
@@ -63,16 +60,21 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         return False
 
 
-def resolve_precision(requested: str, engine: str, spec: ModelSpec, device: torch.device,
-                      amx: bool | None = None) -> str:
-    """The precision to run: `requested` itself unless it is "auto". Auto is fp32 (exact), except
-    on a CPU with AMX, where the model's measured `amx_precision` runs (unless the engine is
-    ONNX Runtime, which runs fp32 only). On CUDA auto stays fp32 until a GPU run has measured it."""
-    if requested != "auto":
-        return requested
-    if device.type != "cpu" or engine == "onnxruntime":
-        return "fp32"
-    return spec.amx_precision if (cpu_has_amx() if amx is None else amx) else "fp32"
+def candidates(engine: str, precision: str, device: torch.device,
+               amx: bool | None = None) -> list[tuple[str, str]]:
+    """The (engine, precision) pairs to load, fastest first when known; when there are several,
+    a short timing at warm-up keeps the fastest (runtime.ModelRuntime).
+
+    An explicit precision is what runs. `auto` is exact fp32 (ONNX Runtime on CPU, PyTorch on
+    CUDA), except on a CPU with bf16 matrix units (AMX) where PyTorch may run: there centred bf16
+    (centred.py) races ONNX Runtime fp32, since which is faster depends on the model and the
+    machine. CUDA stays fp32 under auto until a GPU run has measured the alternatives."""
+    if precision != "auto":
+        return [(choose_engine(engine, device, precision), precision)]
+    fp32 = (choose_engine(engine, device, "fp32"), "fp32")
+    if device.type != "cpu" or engine == "onnxruntime" or not (cpu_has_amx() if amx is None else amx):
+        return [fp32]
+    return [("torch", "bf16")] if fp32[0] == "torch" else [("torch", "bf16"), fp32]
 
 
 def choose_engine(requested: str, device: torch.device, precision: str = "fp32") -> str:
@@ -117,54 +119,10 @@ def _postprocess(d0: np.ndarray) -> np.ndarray:
     return np.stack([normalise_prediction(p) for p in d0])
 
 
-def sensitive_layers(net: U2Net, sample: torch.Tensor, ratio: float = SENSITIVITY_RATIO) -> list[str]:
-    """The stages (stage1 ... stage1d) to keep in fp32 under reduced precision.
-
-    A stage is sensitive when one of its convolutions outputs offsets more than `ratio` times its
-    signal; the whole stage stays in fp32 because each RSU block's residual sum carries the offset
-    on (keeping only the one conv measured no better than nothing). Measured on an fp32 calibration
-    pass rather than read from batch-norm statistics, so it also finds offsets in weights whose
-    batch norm was folded into the convolution bias.
-    """
-    from .model import REBNCONV
-
-    scores: dict[str, float] = {}
-
-    def hook(name):
-        def record(module, args, output):
-            y = output.detach().float()
-            offset = y.mean(dim=(0, 2, 3)).pow(2).mean().sqrt()
-            signal = y.std(dim=(0, 2, 3)).pow(2).mean().sqrt() + 1e-12
-            scores[name] = float(offset / signal)
-        return record
-
-    handles = [m.conv_s1.register_forward_hook(hook(n)) for n, m in net.named_modules()
-               if isinstance(m, REBNCONV)]
-    try:
-        with torch.inference_mode():
-            net(sample, fused_only=True)
-    finally:
-        for h in handles:
-            h.remove()
-    return sorted({name.split(".")[0] for name, score in scores.items() if score > ratio})
-
-
-def _keep_in_fp32(module: torch.nn.Module, device_type: str) -> None:
-    """Run this module in fp32 even under autocast (state_dict keys unchanged)."""
-    # An instance attribute shadows the class's forward; the module tree and keys stay as they are.
-    inner = module.forward
-
-    def forward(x):
-        with torch.autocast(device_type=device_type, enabled=False):
-            return inner(x.float())
-
-    module.forward = forward
-
-
-# What U2NET_PRECISION=auto demands of a reduced precision on the calibration input at load, against
-# fp32 (TorchPredictor.agreement_with_fp32); below it the runtime falls back to fp32. A guard
-# against a broken bf16 path on this machine, not the proof of quality (that is
-# tests/test_precision.py on real photos): a synthetic input shows less than photos do.
+# What U2NET_PRECISION=auto demands of a reduced precision at load, against fp32 on a second
+# generated picture (TorchPredictor.agreement); below it that candidate is dropped. A guard against
+# a broken bf16 path on this machine, not the proof of quality (that is the parity tests on real
+# photos): a generated picture shows less than photos do.
 MIN_AUTO_IOU = 0.99
 MAX_AUTO_MAD = 1.0  # /255
 
@@ -180,17 +138,22 @@ def mask_agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, flo
 class TorchPredictor:
     """The network on its device in PyTorch: a batch of prepared inputs in, masks out.
 
-    fp32 is exact. tf32 (CUDA) rounds convolution inputs to TF32. bf16/fp16 run under autocast
-    with the offset-dominated layers kept in fp32
-    (see `sensitive_layers`); the parity tests bound what that costs.
+    fp32 is exact. tf32 (CUDA) rounds convolution inputs to TF32. bf16 and fp16 run every
+    convolution centred (centred.py), calibrated on `calibration`; `agreement` is then their mask
+    against fp32's (mask_agreement) on `check` (default: the calibration input itself). With
+    `compile`, torch.compile (inductor) fuses the centring and the exact fp32 corrections into
+    the convolutions' neighbours: the first call compiles (tens of seconds; cached on disk, see
+    runtime.py).
     """
 
     engine = "torch"
 
     def __init__(self, net: U2Net, device: torch.device, precision: str = "fp32",
-                 calibration: torch.Tensor | None = None):
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+                 calibration: torch.Tensor | None = None, compile: bool = False,
+                 check: torch.Tensor | None = None):
+        if precision not in PRECISIONS or precision == "auto":
+            raise ValueError(f"unknown precision {precision!r}; choose one of: "
+                             f"{', '.join(p for p in PRECISIONS if p != 'auto')}")
         if precision in _CUDA_ONLY and device.type != "cuda":
             raise ValueError(f"{precision} runs on CUDA only; use fp32 or bf16 on CPU")
         self.device = device
@@ -199,36 +162,35 @@ class TorchPredictor:
             configure_cuda_math(precision)
         # channels_last: oneDNN and cuDNN both run these convolutions faster in NHWC (DESIGN.md §3).
         self.net = net.to(device).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # stubs lack it
-        self.fp32_layers: list[str] = []
-        self.auto_check: dict | None = None  # set by the runtime when `auto` chose this precision
-        if precision in _AUTOCAST:
+        self.agreement: tuple[float, float] | None = None
+        if precision in _LOW_PRECISION:
             if calibration is None:
                 raise ValueError("reduced precision needs a calibration input")
             sample = calibration.to(device).contiguous(memory_format=torch.channels_last)
-            self.fp32_layers = sensitive_layers(self.net, sample)
-            modules = dict(self.net.named_modules())
-            for name in self.fp32_layers:
-                _keep_in_fp32(modules[name], device.type)
-            log.info("%s with %d stage(s) kept in fp32: %s", precision, len(self.fp32_layers),
-                     ", ".join(self.fp32_layers) or "none")
+            probe = sample if check is None else check.to(device).contiguous(
+                memory_format=torch.channels_last)
+            reference = self._masks(probe)
+            centre_convolutions(self.net, sample, _LOW_PRECISION[precision])
+            self.agreement = mask_agreement(reference, self._masks(probe))
+        self.compiled = compile
+        self._forward = torch.compile(self.net) if compile else self.net
+
+    def stop_compiling(self) -> None:
+        """Run eagerly from now on (torch.compile failed on this machine: no C++ compiler, say)."""
+        self._forward = self.net
+        self.compiled = False
+
+    @torch.inference_mode()
+    def _masks(self, x: torch.Tensor) -> np.ndarray:
+        return _postprocess(self.net(x, fused_only=True)[:, 0].float().cpu().numpy())
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 -> (N, S, S) float32 in [0, 1], min-max normalised per image."""
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
-        dtype = _AUTOCAST.get(self.precision)
-        with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32,
-                            enabled=dtype is not None):
-            d0 = self.net(x, fused_only=True)
+        d0 = self._forward(x, fused_only=True)
         return _postprocess(d0[:, 0].float().cpu().numpy())
-
-    @torch.inference_mode()
-    def agreement_with_fp32(self, batch: np.ndarray) -> tuple[float, float]:
-        """`mask_agreement` of this predictor's masks for `batch` against the same network in fp32."""
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-        reference = _postprocess(self.net(x, fused_only=True)[:, 0].float().cpu().numpy())
-        return mask_agreement(reference, self(batch))
 
 
 class _FusedOutput(torch.nn.Module):

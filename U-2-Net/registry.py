@@ -55,10 +55,6 @@ class ModelSpec:
     # (U²-Net: skimage's resize, then divided by the image's maximum) or "bilinear" (IS-Net: a
     # plain bilinear resize truncated back to 8 bits, then divided by 255).
     resize: str = "antialiased"
-    # What U2NET_PRECISION=auto runs on a CPU with bf16 matrix units (Intel AMX), chosen by
-    # measurement (README "Precision and engines"): bf16 only where it is clearly faster than ONNX
-    # Runtime fp32 and keeps masks within IoU 0.99 of fp32 on real photos. Elsewhere auto is fp32.
-    amx_precision: str = "fp32"
     # Refine's parameters that differ for this model's masks from Image_PostProcesser.REFINE (which
     # was chosen on U2NETP's): (name, value) pairs of RefineParams fields.
     refine: tuple[tuple[str, float], ...] = ()
@@ -149,9 +145,6 @@ MODELS: dict[str, ModelSpec] = {
             mean=(0.5, 0.5, 0.5),
             std=(1.0, 1.0, 1.0),
             resize="bilinear",
-            # Measured on 7 real photos (tests/test_parity_isnet.py): bf16 IoU >= 0.999 against fp32
-            # with no stage kept in fp32, at about 0.6x ONNX Runtime fp32's time.
-            amx_precision="bf16",
             # IS-Net's 1024 px map is already sharp: a smaller window on a finer coarse copy
             # keeps its edges. Chosen on a small grid (README "IS-Net"): on the portraits SAD
             # 10.47 and gradient 9.70 against soft's 11.20 and 10.45 (the U2NETP values gave
@@ -167,7 +160,7 @@ DEFAULT_MODEL = "u2net_human_seg"
 
 # How a model may run; here (no torch import) so that the settings can check them at start.
 ENGINES = ("auto", "torch", "onnxruntime")  # auto: ONNX Runtime on CPU, PyTorch on CUDA
-# auto: fp32, except the model's amx_precision on a CPU with bf16 matrix units (engine.resolve_precision)
+# auto: fp32, or on a CPU with bf16 matrix units the faster of centred bf16 and fp32 (engine.candidates)
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 DEVICES = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")

@@ -8,6 +8,7 @@ Call it in the process that serves (after fork): CUDA must never be touched in a
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,22 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 import numpy as np
 import torch
 
 from .batching import DynamicBatcher, QueueFull
+from .calibration import calibration_input
 from .engine import (
-    AUTOCAST_PRECISIONS,
+    LOW_PRECISIONS,
     MAX_AUTO_MAD,
     MIN_AUTO_IOU,
     OnnxPredictor,
     TorchPredictor,
+    candidates,
     choose_device,
     choose_engine,
     describe_device,
     onnx_model_bytes,
-    resolve_precision,
 )
 from .memory import release_free_memory
 from .registry import ModelSpec, get_spec
@@ -68,8 +69,12 @@ class RuntimeOptions:
     weights: Path | None = None  # a user's own .pth for the model's architecture
     device: str = "auto"
     engine: str = "auto"  # auto: onnxruntime on CPU, torch on CUDA
-    precision: str = "auto"  # see engine.resolve_precision
-    cache_dir: Path | None = None  # where ONNX exports are kept (None: export in memory)
+    precision: str = "auto"  # see engine.candidates
+    # Where ONNX exports and torch.compile's kernels are kept (None: made again at every start).
+    cache_dir: Path | None = None
+    # torch.compile the centred bf16 forward on CPU (~2x faster than eager; the first forward
+    # compiles: measured 110-140 s on 2 cores with no cache, 13-30 s from the cache).
+    compile: bool = True
     # 0 = auto: 8 on CUDA (batches raise GPU throughput); 1 on CPU, where a batch of n takes n
     # times as long and only delays its first member (measured: same throughput, worse p99).
     max_batch: int = 0
@@ -81,55 +86,78 @@ class RuntimeOptions:
     max_failed_batches: int = 3
 
 
-def calibration_input(spec: ModelSpec) -> np.ndarray:
-    """A deterministic photo-like input (smooth colour field, texture, a subject) as a batch of 1,
-    for measuring which layers must stay in fp32 under reduced precision."""
-    size = spec.input_size
-    rng = np.random.default_rng(1234)
-    coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-    field = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
-    yy, xx = np.mgrid[0:size, 0:size]
-    subject = ((yy - size * 0.55) / 0.35) ** 2 + ((xx - size * 0.5) / 0.22) ** 2 < (size * 0.5) ** 2
-    image = field.astype(np.int16) + rng.integers(-12, 13, field.shape)
-    image[subject] = image[subject] // 2 + 90
-    return to_model_input(np.clip(image, 0, 255).astype(np.uint8), spec)[None]
-
-
 def _build_predictor(spec: ModelSpec, path: Path, sha256: str, device: torch.device,
-                     options: RuntimeOptions, precision: str,
-                     calibration: np.ndarray | None = None) -> Predictor:
-    """The engine for `precision`; `calibration` (calibration_input) is needed below fp32."""
-    engine = choose_engine(options.engine, device, precision)
+                     options: RuntimeOptions, engine: str, precision: str) -> Predictor:
     if engine == "onnxruntime":
         model = onnx_model_bytes(lambda: build_model(spec, path), spec.input_size,
                                  options.cache_dir, sha256)
         return OnnxPredictor(model, precision)
+    if precision not in LOW_PRECISIONS:
+        return TorchPredictor(build_model(spec, path), device, precision)
+    compiled = options.compile and device.type == "cpu"  # CUDA's compile path is unmeasured
+    if compiled and options.cache_dir:
+        _keep_compiled_kernels_in(Path(options.cache_dir) / "inductor")
     return TorchPredictor(build_model(spec, path), device, precision,
-                          calibration=None if calibration is None else torch.from_numpy(calibration))
+                          calibration=torch.from_numpy(calibration_input(spec)), compile=compiled,
+                          check=torch.from_numpy(calibration_input(spec, seed=1)))
 
 
-def _checked_or_fp32(predictor: Predictor, spec: ModelSpec, path: Path, sha256: str,
-                     device: torch.device, options: RuntimeOptions,
-                     calibration: np.ndarray) -> Predictor:
-    """The reduced precision `auto` chose, if its masks agree with fp32 on the calibration input
-    (engine.MIN_AUTO_IOU, MAX_AUTO_MAD); else an fp32 predictor, with a warning."""
-    assert isinstance(predictor, TorchPredictor)
-    iou, mad = predictor.agreement_with_fp32(calibration)
-    predictor.auto_check = {"iou_vs_fp32": round(iou, 5), "mad_vs_fp32": round(mad, 3)}
-    if iou >= MIN_AUTO_IOU and mad <= MAX_AUTO_MAD:
-        return predictor
-    log.warning("%s on this machine moves %s's calibration mask (IoU %.4f, MAD %.2f/255 against "
-                "fp32): running fp32 instead", predictor.precision, spec.name, iou, mad)
-    return _build_predictor(spec, path, sha256, device, options, "fp32")
+def _keep_compiled_kernels_in(folder: Path) -> None:
+    """torch.compile's kernels go to `folder` (next to the ONNX exports, so they survive restarts
+    where that cache is a volume), unless TORCHINDUCTOR_CACHE_DIR is set or `folder` is not
+    writable (then inductor's default, a folder in /tmp, serves)."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        writable = os.access(folder, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if writable:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # inductor reads it when it compiles
+    else:
+        log.warning("cannot keep compiled kernels in %s (not writable); using inductor's default",
+                    folder)
+
+
+def _load_predictors(spec: ModelSpec, path: Path, sha256: str, device: torch.device,
+                     options: RuntimeOptions) -> list[Predictor]:
+    """The predictors to choose from at warm-up (engine.candidates). Under `auto`, a reduced
+    precision whose masks disagree with fp32 (engine.MIN_AUTO_IOU, MAX_AUTO_MAD) is dropped with
+    a warning; if none is left, fp32 runs."""
+    loaded: list[Predictor] = []
+    for engine, precision in candidates(options.engine, options.precision, device):
+        predictor = _build_predictor(spec, path, sha256, device, options, engine, precision)
+        agreement = getattr(predictor, "agreement", None)
+        if options.precision == "auto" and agreement is not None:
+            iou, mad = agreement
+            if iou < MIN_AUTO_IOU or mad > MAX_AUTO_MAD:
+                log.warning("%s on this machine moves %s's check mask (IoU %.4f, MAD %.2f/255 "
+                            "against fp32): not using it", precision, spec.name, iou, mad)
+                continue
+        loaded.append(predictor)
+    if not loaded:
+        log.warning("running fp32 instead")
+        engine = choose_engine(options.engine, device, "fp32")
+        loaded.append(_build_predictor(spec, path, sha256, device, options, engine, "fp32"))
+    return loaded
+
+
+RACE_ROUNDS = 3  # timed forwards per candidate at warm-up, alternating (after an untimed first)
 
 
 class ModelRuntime:
     def __init__(self, spec: ModelSpec, weights_path: Path, predictor: Predictor,
                  options: RuntimeOptions,
-                 weights_sha256: str | None = None):
+                 weights_sha256: str | None = None, rivals: tuple[Predictor, ...] = ()):
+        """`rivals`: other predictors for the same network; warm-up times them all against
+        `predictor` and keeps the fastest (engine.candidates)."""
         self.spec = spec
         self.weights_path = weights_path
         self.predictor: Predictor = predictor
+        self._rivals = list(rivals)
+        self.engine_timings: dict[str, float] | None = None  # ms per candidate, if there was a race
+        self.compile_seconds: float | None = None  # the first forward of a compiled predictor
         self.options = options
         self.weights_sha256 = weights_sha256 or file_digest(weights_path)
         self.warmup_seconds: float | None = None
@@ -139,7 +167,7 @@ class ModelRuntime:
         self._failure_callbacks: list[Callable[[str], None]] = []
         self.max_batch = options.max_batch or (8 if predictor.device.type == "cuda" else 1)
         self._failed_batches = 0  # in a row; only the batcher's thread touches it
-        self.batcher = DynamicBatcher(predictor, max_batch=self.max_batch,
+        self.batcher = DynamicBatcher(self._forward, max_batch=self.max_batch,
                                       max_wait_s=options.max_wait_ms / 1000,
                                       max_queue=options.max_queue, on_batch=self._after_batch)
 
@@ -158,18 +186,13 @@ class ModelRuntime:
         started = time.perf_counter()
         sha256 = file_digest(path)
         device = choose_device(options.device)
-        precision = resolve_precision(options.precision, options.engine, spec, device)
-        # One photo-like calibration input, for the layers kept in fp32 and auto's check.
-        calibration = calibration_input(spec) if precision in AUTOCAST_PRECISIONS else None
-        predictor = _build_predictor(spec, path, sha256, device, options, precision, calibration)
-        if options.precision == "auto" and calibration is not None:
-            predictor = _checked_or_fp32(predictor, spec, path, sha256, device, options,
-                                         calibration)
+        predictor, *rivals = _load_predictors(spec, path, sha256, device, options)
         release_free_memory()  # the PyTorch copy and the export are garbage now
-        log.info("loaded %s (%s) from %s (sha256 %s) on %s with %s, %s, in %.2f s", spec.name,
-                 spec.architecture, path, sha256, describe_device(device), predictor.engine,
-                 predictor.precision, time.perf_counter() - started)
-        return cls(spec, path, predictor, options, sha256)
+        log.info("loaded %s (%s) from %s (sha256 %s) on %s with %s in %.2f s%s", spec.name,
+                 spec.architecture, path, sha256, describe_device(device),
+                 " or ".join(_label(p) for p in (predictor, *rivals)),
+                 time.perf_counter() - started, "; warm-up times them" if rivals else "")
+        return cls(spec, path, predictor, options, sha256, tuple(rivals))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -200,18 +223,24 @@ class ModelRuntime:
     def _warm_up(self, then: Callable[[], None] | None = None) -> None:
         try:
             started = time.perf_counter()
+            if self._rivals or getattr(self.predictor, "compiled", False):
+                self._first_forwards()
+            if self._rivals:
+                self._keep_fastest()
             size = self.spec.input_size
             dummy = np.zeros((size, size, 3), dtype=np.uint8)
             dummy[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 200
             for _ in range(max(1, self.options.warmup_runs)):
                 self.mask_for(dummy)
-            if self.predictor.device.type == "cuda":
-                # cuDNN times its algorithms once per shape (benchmark mode): run every batch size
-                # the batcher can form, so that no request pays for it.
+            if self.predictor.device.type == "cuda" or getattr(self.predictor, "compiled", False):
+                # cuDNN times its algorithms once per shape (benchmark mode), and torch.compile
+                # compiles once per shape: run every batch size the batcher can form, so that no
+                # request pays for it.
                 x = to_model_input(dummy, self.spec)
                 for n in range(2, self.max_batch + 1):
                     self.predictor(np.stack([x] * n))
-                torch.cuda.synchronize()
+                if self.predictor.device.type == "cuda":
+                    torch.cuda.synchronize()
             if then is not None:
                 then()
             self.warmup_seconds = time.perf_counter() - started
@@ -221,6 +250,48 @@ class ModelRuntime:
         except Exception as exc:
             log.exception("warm-up failed; the model will never report ready")
             self._fail(f"warm-up failed: {exc}")
+
+    def _first_forwards(self) -> None:
+        """One untimed forward per candidate: a compiled one compiles here (measured), or runs
+        eagerly from now on if compiling fails."""
+        x = calibration_input(self.spec)
+        for predictor in (self.predictor, *self._rivals):
+            started = time.perf_counter()
+            try:
+                predictor(x)
+            except Exception as exc:
+                if not isinstance(predictor, TorchPredictor) or not predictor.compiled:
+                    raise
+                log.warning("torch.compile failed (%s: %s); running %s eagerly",
+                            type(exc).__name__, str(exc).strip()[:300], _label(predictor))
+                predictor.stop_compiling()
+                predictor(x)
+            if getattr(predictor, "compiled", False):
+                self.compile_seconds = round(time.perf_counter() - started, 2)
+                log.info("%s compiled in %.1f s", _label(predictor), self.compile_seconds)
+
+    def _keep_fastest(self) -> None:
+        """Time every candidate on the calibration input, alternating (a shared machine's speed
+        drifts), and keep the one with the lowest median."""
+        x = calibration_input(self.spec)
+        contenders = [self.predictor, *self._rivals]
+        times: list[list[float]] = [[] for _ in contenders]
+        for _ in range(RACE_ROUNDS):
+            for predictor, runs in zip(contenders, times, strict=True):
+                started = time.perf_counter()
+                predictor(x)
+                runs.append((time.perf_counter() - started) * 1e3)
+        medians = [float(np.median(runs)) for runs in times]
+        self.engine_timings = {_label(p): round(ms, 1) for p, ms in zip(contenders, medians,
+                                                                        strict=True)}
+        self.predictor = contenders[int(np.argmin(medians))]
+        self._rivals = []
+        log.info("forward at batch 1: %s; running %s",
+                 ", ".join(f"{k} {v:.0f} ms" for k, v in self.engine_timings.items()),
+                 _label(self.predictor))
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return self.predictor(batch)
 
     def _after_batch(self, error: BaseException | None) -> None:
         """Count failed forward passes in a row; past the limit, the runtime has failed.
@@ -289,9 +360,12 @@ class ModelRuntime:
             "engine": self.predictor.engine,
             "precision": self.predictor.precision,
             "precision_requested": self.options.precision,
-            # auto's check of a reduced precision against fp32 at load (IoU, MAD /255), if any
-            "precision_check": getattr(self.predictor, "auto_check", None),  # torch only
-            "fp32_layers": getattr(self.predictor, "fp32_layers", []),
+            # a reduced precision's mask against fp32 at load (IoU, MAD /255), if any
+            "precision_check": _agreement(self.predictor),
+            "compiled": getattr(self.predictor, "compiled", False),
+            "compile_seconds": self.compile_seconds,
+            # auto's timing of its candidates at warm-up (ms per forward), if there were several
+            "engine_timings": self.engine_timings,
             "input_size": self.spec.input_size,
             "max_batch_size": self.max_batch,
             "max_batch_wait_ms": self.options.max_wait_ms,
@@ -300,3 +374,14 @@ class ModelRuntime:
             "warmup_seconds": self.warmup_seconds,
             "error": self.error,  # why it failed (then it never becomes ready again)
         }
+
+
+def _label(predictor: Predictor) -> str:
+    return f"{predictor.engine} {predictor.precision}"
+
+
+def _agreement(predictor: Predictor) -> dict | None:
+    agreement = getattr(predictor, "agreement", None)
+    if agreement is None:
+        return None
+    return {"iou_vs_fp32": round(agreement[0], 5), "mad_vs_fp32": round(agreement[1], 3)}

@@ -49,8 +49,10 @@ def random_weights(tmp_path_factory) -> Path:
 
 
 def make_settings(root: Path, weights: Path, **changes) -> Settings:
+    """Exact fp32 unless a test asks otherwise (auto on an AMX CPU would compile bf16: minutes)."""
     return Settings(fs_root=root, fs_root_from_env=True, model="u2netp", weights=weights,
                     models_dir=root.parent / "no-models-here", device="cpu", warmup_runs=1,
+                    precision="fp32",
                     cache_dir=weights.parent / "onnx-cache").with_(**changes)
 
 
@@ -72,6 +74,7 @@ def real_u2netp() -> ModelRuntime:
     from u2net.runtime import RuntimeOptions
 
     rt = ModelRuntime.load(RuntimeOptions(model="u2netp", device="cpu", warmup_runs=1,
+                                          precision="fp32",
                                           weights=shared_path("models", "u2netp", "u2netp.pth")))
     rt.start(background=False)
     yield rt

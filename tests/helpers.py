@@ -45,7 +45,9 @@ def start_server(env_overrides: dict, app: str | None = None) -> tuple[subproces
     if app:
         cmd.append(app)
     port = free_port()
+    # Exact fp32 unless a test asks otherwise: auto on an AMX CPU would compile bf16 (minutes).
     env = {**os.environ, "PORT": str(port), "U2NET_DEVICE": "cpu", "U2NET_WARMUP_RUNS": "1",
+           "U2NET_PRECISION": "fp32",
            "U2NET_CACHE_DIR": str(env_overrides.pop("cache", PROJECT / ".pytest-onnx-cache")),
            **env_overrides}
     proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.PIPE,
@@ -224,7 +226,8 @@ class LocalProduction:
             ["bash", str(PROJECT / "deploy" / "run-local.sh"), str(self.port)], cwd=PROJECT,
             env={**os.environ, "OpenClone_OpenCloneFS": str(root), "U2NET_MODEL": "u2netp",
                  "U2NET_WEIGHTS": str(weights), "U2NET_DEVICE": "cpu", "U2NET_WARMUP_RUNS": "1",
-                 "U2NET_CACHE_DIR": str(PROJECT / ".pytest-onnx-cache"), "NGINX": NGINX, **env},
+                 "U2NET_PRECISION": "fp32", "U2NET_CACHE_DIR": str(PROJECT / ".pytest-onnx-cache"),
+                 "NGINX": NGINX, **env},
             stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)
 

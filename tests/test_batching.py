@@ -123,7 +123,7 @@ def test_the_gpu_path_batches_concurrent_requests_and_each_gets_its_own_mask(ran
 
     runtime = ModelRuntime.load(RuntimeOptions(
         model="u2netp", weights=random_weights, device="cpu", engine="torch", precision=precision,
-        max_batch=4, max_wait_ms=300, warmup_runs=1))
+        compile=False, max_batch=4, max_wait_ms=300, warmup_runs=1))
     runtime.start(background=False)
     images = [photo(90 + 10 * i, 70, seed=i) for i in range(4)]
     try:

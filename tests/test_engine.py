@@ -76,16 +76,16 @@ def test_precision_choice():
             engine.TorchPredictor(net, cpu, precision)
 
 
-def test_auto_precision_is_the_models_measured_choice_on_amx_and_fp32_elsewhere():
-    isnet, u2netp = get_spec("isnet-general-use"), get_spec("u2netp")
+def test_auto_races_centred_bf16_against_fp32_on_amx_and_is_fp32_elsewhere():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert engine.resolve_precision("auto", "auto", isnet, cpu, amx=True) == "bf16"
-    assert engine.resolve_precision("auto", "torch", isnet, cpu, amx=True) == "bf16"
-    assert engine.resolve_precision("auto", "auto", isnet, cpu, amx=False) == "fp32"
-    assert engine.resolve_precision("auto", "onnxruntime", isnet, cpu, amx=True) == "fp32"
-    assert engine.resolve_precision("auto", "auto", isnet, cuda, amx=True) == "fp32"
-    assert engine.resolve_precision("auto", "auto", u2netp, cpu, amx=True) == "fp32"
-    assert engine.resolve_precision("bf16", "auto", u2netp, cpu, amx=False) == "bf16"  # as asked
+    race = [("torch", "bf16"), ("onnxruntime", "fp32")]
+    assert engine.candidates("auto", "auto", cpu, amx=True) == race
+    assert engine.candidates("auto", "auto", cpu, amx=False) == [("onnxruntime", "fp32")]
+    assert engine.candidates("torch", "auto", cpu, amx=True) == [("torch", "bf16")]
+    assert engine.candidates("onnxruntime", "auto", cpu, amx=True) == [("onnxruntime", "fp32")]
+    assert engine.candidates("auto", "auto", cuda, amx=True) == [("torch", "fp32")]
+    assert engine.candidates("auto", "bf16", cpu, amx=False) == [("torch", "bf16")]  # as asked
+    assert engine.candidates("auto", "fp32", cpu, amx=True) == [("onnxruntime", "fp32")]
 
 
 def test_amx_is_read_from_the_cpu_flags(tmp_path):

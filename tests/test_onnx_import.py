@@ -97,7 +97,8 @@ def test_an_onnx_file_as_u2net_weights_is_imported_once_and_cached(tmp_path):
 
     def load(weights):
         rt = ModelRuntime.load(RuntimeOptions(model="u2netp", weights=weights, device="cpu",
-                                              engine="torch", warmup_runs=1, cache_dir=cache))
+                                              engine="torch", precision="fp32", warmup_runs=1,
+                                              cache_dir=cache))
         rt.start(background=False)
         return rt
 

@@ -42,21 +42,41 @@ def test_every_parity_image_matches_the_official_mask(real_u2netp):
 @pytest.fixture(scope="module")
 def real_u2netp_bf16():
     rt = ModelRuntime.load(RuntimeOptions(model="u2netp", device="cpu", precision="bf16",
-                                          warmup_runs=1,
+                                          compile=False, warmup_runs=1,
                                           weights=shared_path("models", "u2netp", "u2netp.pth")))
     rt.start(background=False)
     yield rt
     rt.close()
 
 
+def bf16_everywhere(spec, weights):
+    """The network with every convolution in bf16 (plain autocast, nothing centred)."""
+    import torch
+    from u2net.engine import _postprocess
+    from u2net.weights import build_model
+
+    net = build_model(spec, weights).eval()
+
+    def masks(x):
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+            return _postprocess(net(torch.from_numpy(x), fused_only=True)[:, 0].float().numpy())
+    return masks
+
+
 @pytest.mark.slow
 def test_reduced_precision_stays_within_parity_and_close_to_fp32(real_u2netp, real_u2netp_bf16):
-    """bf16 (sensitive layers in fp32): the same parity bounds, and IoU >= 0.99 against fp32."""
-    assert real_u2netp_bf16.info()["precision"] == "bf16"
-    assert real_u2netp_bf16.info()["engine"] == "torch"
-    assert real_u2netp_bf16.info()["fp32_layers"] == ["stage1d", "stage2d"]
+    """Centred bf16: the same parity bounds, and IoU >= 0.99 against fp32, on every parity image,
+    where plain bf16 everywhere does not hold (measured: IoU 0.905, the issue's figure)."""
+    from u2net.engine import mask_agreement
+    from u2net.transforms import to_model_input
+
+    info = real_u2netp_bf16.info()
+    assert (info["engine"], info["precision"]) == ("torch", "bf16")
+    assert info["precision_check"]["iou_vs_fp32"] >= 0.99
+    spec = real_u2netp_bf16.spec
+    plain = bf16_everywhere(spec, real_u2netp_bf16.weights_path)
     results = shared_path("data", "parity", "u2netp_results")
-    report = []
+    report, plain_worst = [], 1.0
     for image_path in parity_cases():
         image = decode_image(image_path.read_bytes(), 10**8)
         low = real_u2netp_bf16.mask_for(image.rgb).astype(np.float64)
@@ -67,28 +87,14 @@ def test_reduced_precision_stays_within_parity_and_close_to_fp32(real_u2netp, re
         iou_ref = (a & b).sum() / max(1, (a | b).sum())
         iou_fp32 = (a & c).sum() / max(1, (a | c).sum())
         report.append((image_path.name, round(mad, 2), round(iou_ref, 4), round(iou_fp32, 4)))
+        x = to_model_input(image.rgb, spec)[None]
+        plain_worst = min(plain_worst, mask_agreement(real_u2netp.predictor(x), plain(x))[0])
     print("\n".join(f"{n:20s} MAD {m:5.2f}/255  IoU {i:.4f}  IoU vs fp32 {f:.4f}"
                     for n, m, i, f in report))
+    print(f"bf16 everywhere, worst IoU against fp32: {plain_worst:.4f}")
     failures = [r for r in report if r[1] > MAX_MAD or r[2] < MIN_IOU or r[3] < 0.99]
     assert not failures, f"bf16 outside the bounds: {failures}"
-
-
-def test_offset_dominated_stages_are_kept_in_fp32():
-    """Injecting an offset ~1000x the signal into one decoder layer of the real weights puts that
-    stage on the fp32 list (the unmodified weights select only stage1d and stage2d: see above)."""
-    import torch
-    from u2net.engine import TorchPredictor
-    from u2net.registry import get_spec
-    from u2net.runtime import calibration_input
-    from u2net.weights import build_model
-
-    spec = get_spec("u2netp")
-    net = build_model(spec, shared_path("models", "u2netp", "u2netp.pth"))
-    with torch.no_grad():
-        net.stage4d.rebnconv2d.conv_s1.bias.add_(1000.0)
-    predictor = TorchPredictor(net, torch.device("cpu"), "bf16",
-                               calibration=torch.from_numpy(calibration_input(spec)))
-    assert "stage4d" in predictor.fp32_layers
+    assert plain_worst < 0.99  # what centring is for: these weights need it
 
 
 def _round_to_tf32(t):

@@ -12,11 +12,12 @@ import pytest
 import torch
 from conftest import shared_path
 from PIL import Image
+from u2net.calibration import calibration_input
 from u2net.engine import TorchPredictor, mask_agreement
 from u2net.model import ISNetDIS
 from u2net.onnx_import import import_onnx
 from u2net.registry import get_spec
-from u2net.runtime import ModelRuntime, RuntimeOptions, calibration_input
+from u2net.runtime import ModelRuntime, RuntimeOptions
 from u2net.transforms import to_model_input
 from u2net.weights import build_model
 
@@ -36,10 +37,11 @@ def isnet_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", params=["fp32", "bf16"])
 def isnet(request, isnet_weights) -> ModelRuntime:
-    """The model in exact fp32, and in bf16 (what U2NET_PRECISION=auto runs on a CPU with AMX)."""
+    """The model in exact fp32, and in centred bf16 (what U2NET_PRECISION=auto may choose on a CPU
+    with AMX; eager here: compiling IS-Net takes minutes, and gives the same masks)."""
     rt = ModelRuntime.load(RuntimeOptions(model="isnet-general-use", weights=isnet_weights,
                                           engine="torch", device="cpu", precision=request.param,
-                                          warmup_runs=1))
+                                          compile=False, warmup_runs=1))
     rt.start(background=False)
     yield rt
     rt.close()
@@ -67,8 +69,8 @@ def real_photos() -> list[Path]:
 
 
 def test_bf16_keeps_masks_within_iou_099_of_fp32_on_real_photos(isnet_weights):
-    """The measurement behind the registry's amx_precision="bf16" for IS-Net: the network's masks
-    (at 1024x1024) in bf16 against fp32, photo by photo. Measured: IoU >= 0.9998, MAD <= 0.13/255."""
+    """Centred bf16 (the issue's bar for a reduced precision): the network's masks (at 1024x1024)
+    against fp32, photo by photo. Measured: IoU >= 0.9998, MAD <= 0.13/255."""
     spec = get_spec("isnet-general-use")
     net = build_model(spec, isnet_weights)
     fp32 = TorchPredictor(net, torch.device("cpu"), "fp32")
@@ -103,6 +105,7 @@ def test_refine_with_isnets_parameters_beats_its_plain_mask_at_the_edges(isnet_w
 
     spec = get_spec("isnet-general-use")
     rt = ModelRuntime.load(RuntimeOptions(model=spec.name, weights=isnet_weights, device="cpu",
+                                          engine="torch", precision="bf16", compile=False,
                                           warmup_runs=0))
     try:
         rows, _, _ = evaluate(shared_path("data", "alphamatting"),

@@ -6,8 +6,9 @@ import threading
 import numpy as np
 import pytest
 from conftest import shared_path
+from u2net.calibration import calibration_input
 from u2net.registry import get_spec
-from u2net.runtime import ModelRuntime, Overloaded, RuntimeOptions, TimedOut, calibration_input
+from u2net.runtime import ModelRuntime, Overloaded, RuntimeOptions, TimedOut
 
 
 def test_a_caller_that_waits_too_long_gets_timedout(runtime, monkeypatch):
@@ -45,48 +46,89 @@ def test_the_calibration_photo_is_the_same_every_time():
 
 def test_info_says_what_precision_was_asked_for_and_what_runs(runtime: ModelRuntime):
     info = runtime.info()
-    assert (info["precision_requested"], info["precision"]) == ("auto", "fp32")  # u2netp: fp32
-    assert info["precision_check"] is None  # auto chose fp32: nothing to check
+    assert (info["precision_requested"], info["precision"]) == ("fp32", "fp32")
+    assert info["precision_check"] is None and info["engine_timings"] is None  # nothing to check
+    assert info["compiled"] is False and info["compile_seconds"] is None
 
 
 @pytest.fixture
-def bf16_on_amx(monkeypatch):
-    """u2netp as if its measured amx_precision were bf16, on a CPU with AMX."""
-    import dataclasses
-
-    from u2net import registry
-
-    spec = dataclasses.replace(registry.MODELS["u2netp"], amx_precision="bf16")
-    monkeypatch.setitem(registry.MODELS, "u2netp", spec)
+def on_amx(monkeypatch):
+    """A CPU with bf16 matrix units, as far as the runtime can tell."""
     monkeypatch.setattr("u2net.engine.cpu_has_amx", lambda: True)
 
 
-def load_auto() -> ModelRuntime:
-    """The real U2NETP weights (random ones are too ill-conditioned for bf16 to agree on)."""
+def load_auto(**options) -> ModelRuntime:
+    """The real U2NETP weights under auto (random ones are too ill-conditioned for bf16 to agree
+    on), eager: compiling is tested in test_centred.py, and takes minutes for a whole network."""
     weights = shared_path("models", "u2netp", "u2netp.pth")
-    return ModelRuntime.load(RuntimeOptions(model="u2netp", weights=weights, device="cpu",
-                                            precision="auto", warmup_runs=0))
+    runtime = ModelRuntime.load(RuntimeOptions(model="u2netp", weights=weights, device="cpu",
+                                               precision="auto", compile=False, warmup_runs=0,
+                                               **options))
+    runtime.start(background=False)
+    assert runtime.ready, runtime.error
+    return runtime
+
+
+def slowed(cls, monkeypatch, seconds=0.4):
+    """Every forward of predictor class `cls` takes `seconds` longer."""
+    import time
+
+    inner = cls.__call__
+    monkeypatch.setattr(cls, "__call__", lambda self, batch: time.sleep(seconds) or inner(self, batch))
 
 
 @pytest.mark.slow
-def test_auto_runs_the_models_amx_precision_once_it_agrees_with_fp32(bf16_on_amx):
+@pytest.mark.parametrize("slow", ["OnnxPredictor", "TorchPredictor"])
+def test_auto_on_amx_times_centred_bf16_against_onnxruntime_and_keeps_the_faster(on_amx, slow,
+                                                                                 monkeypatch):
+    from u2net import engine
+
+    slowed(getattr(engine, slow), monkeypatch)
     runtime = load_auto()
     try:
         info = runtime.info()
-        assert (info["engine"], info["precision"]) == ("torch", "bf16")
-        assert info["precision_check"]["iou_vs_fp32"] >= 0.99
+        assert set(info["engine_timings"]) == {"torch bf16", "onnxruntime fp32"}
+        winner = ("onnxruntime", "fp32") if slow == "TorchPredictor" else ("torch", "bf16")
+        assert (info["engine"], info["precision"]) == winner
+        if winner[1] == "bf16":
+            assert info["precision_check"]["iou_vs_fp32"] >= 0.99
+        mask = runtime.mask_for(np.zeros((40, 30, 3), np.uint8))  # the winner serves
+        assert mask.shape == (40, 30)
     finally:
         runtime.close()
 
 
 @pytest.mark.slow
-def test_auto_falls_back_to_fp32_when_the_reduced_precision_disagrees(bf16_on_amx, monkeypatch,
-                                                                      caplog):
+def test_auto_drops_a_reduced_precision_that_disagrees_with_fp32(on_amx, monkeypatch, caplog):
     monkeypatch.setattr("u2net.runtime.MIN_AUTO_IOU", 1.01)  # no mask can pass: as a broken bf16
     runtime = load_auto()
     try:
         info = runtime.info()
         assert (info["engine"], info["precision"]) == ("onnxruntime", "fp32")
-        assert "running fp32 instead" in caplog.text
+        assert info["engine_timings"] is None  # nothing left to race
+        assert "not using it" in caplog.text
+    finally:
+        runtime.close()
+
+
+@pytest.mark.slow
+def test_a_machine_that_cannot_compile_runs_bf16_eagerly(monkeypatch, caplog):
+    """torch.compile needs a C++ compiler on CPU; where it fails, bf16 still serves, eagerly."""
+    def no_compiler(net):
+        def forward(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return forward
+
+    monkeypatch.setattr("u2net.engine.torch.compile", no_compiler)
+    weights = shared_path("models", "u2netp", "u2netp.pth")
+    runtime = ModelRuntime.load(RuntimeOptions(model="u2netp", weights=weights, device="cpu",
+                                               engine="torch", precision="bf16", compile=True,
+                                               warmup_runs=1))
+    runtime.start(background=False)
+    try:
+        assert runtime.ready, runtime.error
+        info = runtime.info()
+        assert (info["precision"], info["compiled"]) == ("bf16", False)
+        assert "torch.compile failed (RuntimeError: InvalidCxxCompiler" in caplog.text
     finally:
         runtime.close()

@@ -197,7 +197,7 @@ def test_development_server_runs_on_port(sandbox, random_weights, command):
     port = free_port()
     env = {**os.environ, "PORT": str(port), "OpenClone_OpenCloneFS": str(sandbox["root"]),
            "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights), "U2NET_DEVICE": "cpu",
-           "U2NET_CACHE_DIR": str(PROJECT / ".pytest-onnx-cache")}
+           "U2NET_PRECISION": "fp32", "U2NET_CACHE_DIR": str(PROJECT / ".pytest-onnx-cache")}
     proc = subprocess.Popen([sys.executable, *command], cwd=PROJECT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
