@@ -17,9 +17,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 # Unpinned: the Ubuntu archive drops superseded versions, so pins would break rebuilds; the base
 # image's tag pins the release.
-# hadolint ignore=DL3008
 # g++ and the Python headers: torch.compile (inductor) builds its CPU kernels with them when the
 # service runs centred bf16 on a CPU with AMX (U2NET_COMPILE); without them it runs eagerly.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-dev g++ \
        ca-certificates \

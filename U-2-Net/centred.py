@@ -32,11 +32,12 @@ def fold_batch_norms(net: nn.Module) -> nn.Module:
     for module in net.modules():
         if isinstance(module, REBNCONV) and isinstance(module.bn_s1, nn.BatchNorm2d):
             conv, bn = module.conv_s1, module.bn_s1
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            mean, var = bn.running_mean, bn.running_var
+            assert mean is not None and var is not None and conv.bias is not None  # eval BN
+            scale = bn.weight / torch.sqrt(var + bn.eps)
             with torch.no_grad():
                 conv.weight.mul_(scale[:, None, None, None])
-                assert conv.bias is not None
-                conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+                conv.bias.copy_((conv.bias - mean) * scale + bn.bias)
             module.bn_s1 = nn.Identity()  # type: ignore[assignment]  # inference-only copy
     return net
 
@@ -56,6 +57,15 @@ def _tap_classes(size: int, kernel: int, stride: int, padding: int, dilation: in
 class CentredConv2d(nn.Module):
     """A Conv2d run in `dtype` on its input minus `mean` (per input channel), plus the exact fp32
     convolution of the constant mean image and the bias. Output fp32, like the original's."""
+
+    # buffers (registered in __init__; declared for type checkers)
+    mean: torch.Tensor
+    weight: torch.Tensor
+    tap_sums: torch.Tensor
+    bias: torch.Tensor
+    table: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
 
     def __init__(self, conv: nn.Conv2d, mean: torch.Tensor, dtype: torch.dtype,
                  input_size: tuple[int, int]):
