@@ -31,6 +31,7 @@ from .engine import (
     candidates,
     choose_device,
     choose_engine,
+    cpu_has_amx,
     describe_device,
     onnx_model_bytes,
 )
@@ -188,8 +189,9 @@ class ModelRuntime:
         device = choose_device(options.device)
         predictor, *rivals = _load_predictors(spec, path, sha256, device, options)
         release_free_memory()  # the PyTorch copy and the export are garbage now
-        log.info("loaded %s (%s) from %s (sha256 %s) on %s with %s in %.2f s%s", spec.name,
-                 spec.architecture, path, sha256, describe_device(device),
+        log.info("loaded %s (%s) from %s (sha256 %s) on %s (AMX: %s) with %s in %.2f s%s",
+                 spec.name, spec.architecture, path, sha256, describe_device(device),
+                 "yes" if cpu_has_amx() else "no",
                  " or ".join(_label(p) for p in (predictor, *rivals)),
                  time.perf_counter() - started, "; warm-up times them" if rivals else "")
         return cls(spec, path, predictor, options, sha256, tuple(rivals))
@@ -357,6 +359,8 @@ class ModelRuntime:
             "weights_file": str(self.weights_path),
             "weights_sha256": self.weights_sha256,
             "device": describe_device(self.predictor.device),
+            # bf16 matrix units (Intel AMX), which decide whether auto considers bf16 on CPU
+            "cpu_amx": cpu_has_amx(),
             "engine": self.predictor.engine,
             "precision": self.predictor.precision,
             "precision_requested": self.options.precision,

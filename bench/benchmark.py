@@ -2,6 +2,7 @@
 
     python bench/benchmark.py                 # CPU (or CUDA when present), U2NET random weights
     python bench/benchmark.py --quick         # fewer repetitions, no soak
+    python bench/benchmark.py --engines-only  # the network alone in every engine and precision
     python bench/benchmark.py --rembg         # also: ours against rembg on the real U2NETP weights
     python bench/benchmark.py --soak 300      # RSS over 300 consecutive 4000x3000 requests
     python bench/benchmark.py --compare-precision fp32,bf16   # the GPU report (see below)
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 from timing import median_ms
 from u2net.calibration import calibration_input
-from u2net.engine import mask_agreement
+from u2net.engine import cpu_has_amx, mask_agreement
 from u2net.model import ARCHITECTURES
 from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, RuntimeOptions
@@ -109,6 +110,17 @@ def random_weights(architecture: str, folder: Path) -> Path:
     path = folder / f"random_{architecture.lower()}.pth"
     torch.save(ARCHITECTURES[architecture]().state_dict(), path)
     return path
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def bare_forward_ms(architecture: str, device: torch.device, repeat: int, size: int = 320) -> float:
@@ -371,6 +383,8 @@ def main() -> int:
                         help="U2NET_BATCH_WAIT_MS values for --compare-precision's servers "
                              "(default 0,2 on CUDA, 0 on CPU)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--engines-only", action="store_true",
+                        help="only the network alone in every engine and precision")
     parser.add_argument("--no-http", action="store_true", help="skip the production-server part")
     parser.add_argument("--rembg", action="store_true", help="compare with rembg (real U2NETP)")
     parser.add_argument("--soak", type=int, default=0, help="consecutive 4000x3000 requests")
@@ -390,12 +404,13 @@ def main() -> int:
     device = runtime.predictor.device
     report = {"model": spec.name, "architecture": spec.architecture,
               "device": str(device), "engine": runtime.predictor.engine,
-              "precision": runtime.predictor.precision, "cpu": platform.processor() or
-              platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+              "precision": runtime.predictor.precision, "cpu": cpu_name(),
+              "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     kind = f"weights {args.weights.name}" if args.weights else "random weights"
     print(f"model {spec.name} ({spec.architecture}, {kind})  device {device}  "
           f"engine {report['engine']}  precision {report['precision']}  "
-          f"cores {report['cores']}  torch threads {report['torch_threads']}")
+          f"cores {report['cores']}  torch threads {report['torch_threads']}\ncpu {report['cpu']}"
+          f"  bf16 matrix units (AMX): {'yes' if cpu_has_amx() else 'no'}")
 
     def baseline(section: str) -> float:
         """Re-measured before each section: a shared machine's speed drifts within a run."""
@@ -420,6 +435,10 @@ def main() -> int:
                   f"{r['mad_vs_fp32']:.2f}",
                   f"{r['compile_s']:.0f} s" if r["compile_s"] is not None else "-"] for r in rows],
                 ["engine", "precision", "time", "ratio", "IoU", "MAD/255", "compile"])
+    if args.engines_only:
+        write_report(report)
+        runtime.close()
+        return 0
 
     paths = make_inputs(root)
     remover = BackgroundRemover(runtime, max_image_pixels=10**8, max_source_bytes=1 << 30,
@@ -481,11 +500,15 @@ def main() -> int:
 
         report["rembg"] = compare(paths, root, tmp, repeat)
 
+    write_report(report)
+    runtime.close()
+    return 0
+
+
+def write_report(report: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "benchmark.json").write_text(json.dumps(report, indent=2))
     print(f"\nwritten {OUT / 'benchmark.json'}")
-    runtime.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -45,10 +45,13 @@ def test_the_calibration_photo_is_the_same_every_time():
 
 
 def test_info_says_what_precision_was_asked_for_and_what_runs(runtime: ModelRuntime):
+    from u2net import engine
+
     info = runtime.info()
     assert (info["precision_requested"], info["precision"]) == ("fp32", "fp32")
     assert info["precision_check"] is None and info["engine_timings"] is None  # nothing to check
     assert info["compiled"] is False and info["compile_seconds"] is None
+    assert info["cpu_amx"] is engine.cpu_has_amx()
 
 
 @pytest.fixture
