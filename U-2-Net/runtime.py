@@ -159,6 +159,7 @@ class ModelRuntime:
         self._rivals = list(rivals)
         self.engine_timings: dict[str, float] | None = None  # ms per candidate, if there was a race
         self.compile_seconds: float | None = None  # the first forward of a compiled predictor
+        self.cpu_amx = cpu_has_amx()  # read once: /model-info is asked often
         self.options = options
         self.weights_sha256 = weights_sha256 or file_digest(weights_path)
         self.warmup_seconds: float | None = None
@@ -360,7 +361,7 @@ class ModelRuntime:
             "weights_sha256": self.weights_sha256,
             "device": describe_device(self.predictor.device),
             # bf16 matrix units (Intel AMX), which decide whether auto considers bf16 on CPU
-            "cpu_amx": cpu_has_amx(),
+            "cpu_amx": self.cpu_amx,
             "engine": self.predictor.engine,
             "precision": self.predictor.precision,
             "precision_requested": self.options.precision,
