@@ -33,8 +33,9 @@ def compare(paths: dict, root: Path, tmp: Path, repeat: int) -> dict:
     import rembg  # after U2NET_HOME is set
 
     session = rembg.new_session("u2net_custom", model_path=str(onnx_path))
+    # exact fp32, as rembg runs it
     runtime = ModelRuntime.load(RuntimeOptions(model="u2netp", weights=REAL_WEIGHTS,
-                                               cache_dir=tmp / "cache"))
+                                               precision="fp32", cache_dir=tmp / "cache"))
     runtime.start(background=False)
     ours = BackgroundRemover(runtime, max_image_pixels=10**8, max_source_bytes=1 << 30,
                              request_timeout_s=300)

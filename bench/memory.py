@@ -44,7 +44,7 @@ if not Path(weights).exists():
     torch.manual_seed(0)
     torch.save(U2NETP().state_dict(), weights)
 runtime = ModelRuntime.load(RuntimeOptions(model="u2netp", weights=Path(weights), warmup_runs=1,
-                                           cache_dir=Path(weights).parent))
+                                           precision="fp32", cache_dir=Path(weights).parent))
 runtime.start(background=False)
 mode, _, extra = mode.partition("+")  # "refine+bg": over a colour instead of transparent
 options = OutputOptions(mode=mode, threshold=200 if mode == "threshold" else None,

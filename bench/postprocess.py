@@ -32,7 +32,8 @@ def main() -> None:
     photo = cv2.imread(str(SHARED / "data" / "photos" / "Two_dancers.jpg"))[:, :, ::-1]
     rgb = np.ascontiguousarray(cv2.resize(photo, (1920, 1080), interpolation=cv2.INTER_CUBIC))
     runtime = ModelRuntime.load(RuntimeOptions(
-        model="u2netp", weights=SHARED / "models" / "u2netp" / "u2netp.pth", warmup_runs=1))
+        model="u2netp", weights=SHARED / "models" / "u2netp" / "u2netp.pth", precision="fp32",
+        warmup_runs=1))
     runtime.start(background=False)
     mask = runtime.mask_for(rgb)
     runtime.close()

@@ -112,7 +112,7 @@ class Server:
         self.proc = subprocess.Popen(
             cmd, cwd=PROJECT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PORT": str(port), "U2NET_DEVICE": "cpu", "U2NET_WARMUP_RUNS": "1",
-                 "U2NET_CACHE_DIR": str(root.parent / "onnx-cache"),
+                 "U2NET_PRECISION": "fp32", "U2NET_CACHE_DIR": str(root.parent / "onnx-cache"),
                  "OpenClone_OpenCloneFS": str(root), "U2NET_MODEL": "u2netp",
                  "U2NET_WEIGHTS": str(weights_path), **env})
         self.base = f"http://127.0.0.1:{port}"
