@@ -20,6 +20,7 @@ from u2net.registry import (
     MODELS,
     PRECISIONS,
     engine_precision_error,
+    is_custom_model,
     is_device_name,
 )
 
@@ -49,6 +50,15 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     value = env.get(name, "").strip() or default
     if value not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _model(env: Mapping[str, str], name: str, default: str) -> str:
+    """A registry name, or the path of a custom ONNX model (u2net/custom.py)."""
+    value = env.get(name, "").strip() or default
+    if value not in MODELS and not is_custom_model(value):
+        raise SettingsError(f"{name} must be one of {', '.join(MODELS)}, or the path of an .onnx "
+                            f"file with its .onnx.json description beside it; got {value!r}")
     return value
 
 
@@ -163,7 +173,7 @@ class Settings:
         return cls(
             fs_root=root or Path.cwd() / cls.fs_root,
             fs_root_from_env=root is not None,
-            model=_choice(env, "U2NET_MODEL", cls.model, tuple(MODELS)),
+            model=_model(env, "U2NET_MODEL", cls.model),
             models_dir=_path(env, "U2NET_MODELS_DIR") or Path.cwd() / cls.models_dir,
             weights=_path(env, "U2NET_WEIGHTS"),
             weights_sha256=_sha256(env, "U2NET_WEIGHTS_SHA256"),

@@ -166,6 +166,11 @@ DEVICES = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
 
+def is_custom_model(model: str) -> bool:
+    """Whether a model setting names an ONNX file (u2net/custom.py) rather than a registry entry."""
+    return model.lower().endswith(".onnx")
+
+
 def is_device_name(name: str) -> bool:
     return bool(_DEVICE.match(name))
 

@@ -22,6 +22,7 @@ import torch
 
 from .batching import DynamicBatcher, QueueFull
 from .calibration import calibration_input
+from .custom import CustomModelError, CustomOnnxPredictor, read_description
 from .engine import (
     LOW_PRECISIONS,
     MAX_AUTO_MAD,
@@ -36,7 +37,7 @@ from .engine import (
     onnx_model_bytes,
 )
 from .memory import release_free_memory
-from .registry import ModelSpec, get_spec
+from .registry import ModelSpec, get_spec, is_custom_model
 from .transforms import mask_to_size, to_model_input
 from .weights import build_model, file_digest, resolve_weights
 
@@ -179,6 +180,8 @@ class ModelRuntime:
 
         Raises WeightsError (with the path and the fetch command) or UnknownModel.
         """
+        if is_custom_model(options.model):
+            return cls._load_custom(options)
         spec = get_spec(options.model)
         path = resolve_weights(spec, options.models_dir, options.weights)
         if path.suffix.lower() == ".onnx":  # an ONNX export: imported (and cached) first
@@ -196,6 +199,22 @@ class ModelRuntime:
                  " or ".join(_label(p) for p in (predictor, *rivals)),
                  time.perf_counter() - started, "; warm-up times them" if rivals else "")
         return cls(spec, path, predictor, options, sha256, tuple(rivals))
+
+    @classmethod
+    def _load_custom(cls, options: RuntimeOptions) -> ModelRuntime:
+        """A custom ONNX model (custom.py): its description read and checked, ONNX Runtime fp32."""
+        path = Path(options.model)
+        spec, output = read_description(path)
+        if options.precision not in ("auto", "fp32") or options.engine == "torch":
+            raise CustomModelError(f"custom ONNX models run on ONNX Runtime in fp32; unset "
+                                   f"U2NET_ENGINE and U2NET_PRECISION for {path.name}")
+        started = time.perf_counter()
+        predictor = CustomOnnxPredictor(path, spec, output, choose_device(options.device))
+        sha256 = file_digest(path)
+        log.info("loaded custom model %s from %s (sha256 %s) on %s with ONNX Runtime (%s) in "
+                 "%.2f s", spec.name, path, sha256, describe_device(predictor.device),
+                 predictor.provider, time.perf_counter() - started)
+        return cls(spec, path, predictor, options, sha256)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

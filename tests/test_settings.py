@@ -38,7 +38,8 @@ def test_environment_overrides():
     ({"U2NET_DEFAULT_MODE": "blur"}, "U2NET_DEFAULT_MODE must be one of"),
     ({"U2NET_THRESHOLD_EDGES": "soft"}, "U2NET_THRESHOLD_EDGES must be one of hard, refined"),
     ({"U2NET_MODEL": "nope"},
-     "U2NET_MODEL must be one of u2net_human_seg, u2net, u2netp, isnet-general-use, got 'nope'"),
+     "U2NET_MODEL must be one of u2net_human_seg, u2net, u2netp, isnet-general-use, or the path "
+     "of an .onnx file with its .onnx.json description beside it; got 'nope'"),
     ({"U2NET_ENGINE": "tensorrt"}, "U2NET_ENGINE must be one of auto, torch, onnxruntime"),
     ({"U2NET_PRECISION": "int4"}, "U2NET_PRECISION must be one of auto, fp32, tf32, bf16, fp16"),
     ({"U2NET_ENGINE": "onnxruntime", "U2NET_PRECISION": "bf16"}, "runs fp32 only"),
