@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,17 +54,19 @@ WEB_FILES = ("page.js", "page.css")
 class ServiceState:
     settings: Settings
     root: SharedRoot
-    runtime: ModelRuntime
+    runtimes: tuple[ModelRuntime, ...]  # every served model, the default first
     remover: BackgroundRemover
     jobs: ThreadPoolExecutor  # batch jobs, side by side (see create_app)
 
 
-def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = None,
+def create_app(settings: Settings | None = None,
+               runtime: ModelRuntime | Sequence[ModelRuntime] | None = None,
                *, warm_up_in_background: bool = True) -> Flask:
+    """The app for `settings`; `runtime`: already loaded model(s) to serve (tests), the default
+    first."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     service = assemble(settings, runtime, background=warm_up_in_background)
-    runtime = service.runtime
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes  # JSON routes lower it to 64 KiB
@@ -71,10 +74,12 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     # Batch jobs run side by side so that the batcher can put them into one forward pass while
     # others decode and encode: twice a model batch (at least 4), as the request threads are
     # sized (gunicorn_conf.py). The memory budget bounds what they hold together.
-    jobs = ThreadPoolExecutor(max(4, 2 * runtime.max_batch), thread_name_prefix="batch-job")
+    jobs = ThreadPoolExecutor(max(4, 2 * max(rt.max_batch for rt in service.runtimes)),
+                              thread_name_prefix="batch-job")
     atexit.register(jobs.shutdown, wait=False, cancel_futures=True)
     assert service.root is not None  # assembled with the shared root
-    app.extensions["u2net"] = ServiceState(settings, service.root, runtime, service.remover, jobs)
+    app.extensions["u2net"] = ServiceState(settings, service.root, service.runtimes,
+                                           service.remover, jobs)
     app.register_blueprint(routes)
     _register_error_handlers(app)
     _register_request_log(app)
@@ -120,7 +125,8 @@ def _parse_remove_request(body: dict, default_mode: str) -> PathJob:
     given = {name: field.from_json(body[name]) if name in body else field.default
              for name, field in JSON_OPTIONS.items()}
     mode, threshold = resolve_mode(given["mode"], given["threshold"], default_mode)
-    options = OutputOptions(mode=mode, threshold=threshold, subject_filter=given["subjectFilter"])
+    options = OutputOptions(model=given["model"], mode=mode, threshold=threshold,
+                            subject_filter=given["subjectFilter"])
     return PathJob(body["sourceImagePath"], body["outputImagePath"], options)
 
 
@@ -141,27 +147,31 @@ routes = Blueprint("u2net", __name__)
 
 @routes.get("/health")
 def health():
-    """200 while the process can serve or is still warming up; 503 once the model has failed
+    """200 while the process can serve or is still warming up; 503 once a model has failed
     (runtime.error), so that a liveness probe restarts it: it would never serve again."""
-    error = _state().runtime.error
-    if error:
-        return jsonify(status="failed", error=error), 503
+    for runtime in _state().runtimes:
+        if runtime.error:
+            return jsonify(status="failed", model=runtime.spec.name, error=runtime.error), 503
     return jsonify(status="ok")
 
 
 @routes.get("/ready")
 def ready():
-    """200 once the model is loaded and warm; 503 with Retry-After until then."""
+    """200 once every served model is loaded and warm; 503 with Retry-After until then."""
     state = _state()
     state.remover.check_ready()
-    return jsonify(ready=True, model=state.runtime.spec.name)
+    return jsonify(ready=True, model=state.runtimes[0].spec.name,
+                   models=[rt.spec.name for rt in state.runtimes])
 
 
 @routes.get("/model-info")
 def model_info():
+    """The default model's description (as before several models could be served), every served
+    model's under `models`, and the worker's limits."""
     state = _state()
-    return jsonify({**state.runtime.info(), "threshold_edges": state.remover.threshold_edges,
-                    "limits": state.remover.limits_info()})
+    return jsonify({**state.runtimes[0].info(), "threshold_edges": state.remover.threshold_edges,
+                    "limits": state.remover.limits_info(),
+                    "models": {rt.spec.name: rt.info() for rt in state.runtimes}})
 
 
 @routes.post("/remove-background")
@@ -195,7 +205,7 @@ def api_remove():
         "X-Source-Size": f"{rendered.source_width}x{rendered.source_height}",
         "X-Bounding-Box": bbox,
         "X-Mode": "mask" if options.only_mask else options.mode,
-        "X-Model": state.runtime.spec.name,
+        "X-Model": state.remover.runtime_for(options.model).spec.name,
         "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in rendered.timings_ms.items()),
         "Content-Disposition": f'inline; filename="cutout.{options.format}"',
     })
@@ -206,7 +216,9 @@ def api_remove():
 
 @routes.get("/openapi.json")
 def openapi():
-    return jsonify(openapi_spec(_state().settings, MAX_BATCH_JOBS, MAX_JSON_BYTES, PUBLIC_PATHS))
+    state = _state()
+    return jsonify(openapi_spec(state.settings, MAX_BATCH_JOBS, MAX_JSON_BYTES, PUBLIC_PATHS,
+                                tuple(state.remover.runtimes)))
 
 
 @routes.get("/")

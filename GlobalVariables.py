@@ -62,6 +62,32 @@ def _model(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+def _models(env: Mapping[str, str], default: str) -> dict:
+    """model, weights and more_models from U2NET_MODELS, else U2NET_MODEL and U2NET_WEIGHTS.
+
+    U2NET_MODELS lists registry names or .onnx paths, comma-separated, each optionally with
+    =WEIGHTS (a .pth or .onnx for that architecture); the first is the default, and takes
+    U2NET_WEIGHTS when it names no weights of its own."""
+    single = _model(env, "U2NET_MODEL", default)
+    weights = _path(env, "U2NET_WEIGHTS")
+    listed = [e.strip() for e in env.get("U2NET_MODELS", "").split(",") if e.strip()]
+    if not listed:
+        return {"model": single, "weights": weights}
+    entries = []
+    for entry in listed:
+        name, _, path = (part.strip() for part in entry.partition("="))
+        entries.append((_model({"U2NET_MODELS": name}, "U2NET_MODELS", default),
+                        Path(path).expanduser() if path else None))
+    names = [name for name, _ in entries]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"U2NET_MODELS names a model twice: {', '.join(names)}")
+    if env.get("U2NET_MODEL", "").strip() and single != names[0]:
+        raise SettingsError(f"U2NET_MODEL={single} but U2NET_MODELS starts with {names[0]}: the "
+                            "first of U2NET_MODELS is the default; set one of the two")
+    (first, first_weights), *rest = entries
+    return {"model": first, "weights": first_weights or weights, "more_models": tuple(rest)}
+
+
 def _path(env: Mapping[str, str], name: str) -> Path | None:
     raw = env.get(name, "").strip()
     return Path(raw).expanduser() if raw else None
@@ -95,6 +121,10 @@ class Settings:
     model: str = "u2net_human_seg"
     models_dir: Path = Path("saved_models")  # in the working directory, as fs_root
     weights: Path | None = None
+    # More models in the same worker (U2NET_MODELS="first,second=weights.pth,/m/custom.onnx"):
+    # each with its own runtime; a request picks one by name. `model` and `weights` are the
+    # first (the default); these are the others, as (name, weights or None).
+    more_models: tuple[tuple[str, Path | None], ...] = ()
     # The SHA-256 that `bgremove download` must verify (U2NET_WEIGHTS_SHA256; the authors publish
     # none, so a deployment pins the one it trusts).
     weights_sha256: str | None = None
@@ -173,9 +203,8 @@ class Settings:
         return cls(
             fs_root=root or Path.cwd() / cls.fs_root,
             fs_root_from_env=root is not None,
-            model=_model(env, "U2NET_MODEL", cls.model),
+            **_models(env, cls.model),
             models_dir=_path(env, "U2NET_MODELS_DIR") or Path.cwd() / cls.models_dir,
-            weights=_path(env, "U2NET_WEIGHTS"),
             weights_sha256=_sha256(env, "U2NET_WEIGHTS_SHA256"),
             device=device,
             engine=engine,
@@ -224,11 +253,18 @@ class Settings:
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)
 
-    def runtime_options(self):
-        """The model runtime's share of the settings."""
+    @property
+    def served_models(self) -> tuple[tuple[str, Path | None], ...]:
+        """Every (model, weights) this worker serves, the default first."""
+        return ((self.model, self.weights), *self.more_models)
+
+    def runtime_options(self, model: str | None = None, weights: Path | None = None):
+        """The model runtime's share of the settings, for the default model or `model`."""
         from u2net.runtime import RuntimeOptions
 
-        return RuntimeOptions(model=self.model, models_dir=self.models_dir, weights=self.weights,
+        if model is None:
+            model, weights = self.model, self.weights
+        return RuntimeOptions(model=model, models_dir=self.models_dir, weights=weights,
                               device=self.device, engine=self.engine, precision=self.precision,
                               compile=self.compile, cache_dir=self.cache_dir or self.models_dir / ".cache",
                               max_batch=self.max_batch, max_wait_ms=self.batch_wait_ms,

@@ -59,4 +59,5 @@ def post_worker_init(worker):
                          WORKER_BOOT_ERROR)
         os._exit(WORKER_BOOT_ERROR)
 
-    worker.wsgi.extensions["u2net"].runtime.on_failure(stop)
+    for runtime in worker.wsgi.extensions["u2net"].runtimes:
+        runtime.on_failure(stop)

@@ -25,7 +25,7 @@ from u2net.weights import default_weights_path, download
 
 from GlobalVariables import Settings, SettingsError, configure_logging
 
-from .fields import OPTIONS
+from .fields import MODEL, OPTIONS
 
 log = logging.getLogger("u2net_service.cli")
 
@@ -92,6 +92,7 @@ def _load_service(settings: Settings, model: str | None = None, weights: Path | 
     from .service import assemble
 
     changes: dict = {k: v for k, v in (("model", model), ("weights", weights)) if v}
+    changes["more_models"] = ()  # a command runs one model (U2NET_MODELS' first, or --model)
     if settings.precision == "auto" and images < CLI_AUTO_MIN_IMAGES:
         changes["precision"] = "fp32"
     return assemble(settings.with_(**changes), shared_root=False, background=False,
@@ -120,7 +121,7 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
                                          composites=composites, limit=args.limit, worst=worst)
         rows += these
         sheet += these_sheet
-        runtime.close()
+        service.close()
     summary = summarise(rows)
     if args.out:
         write_outputs(args.out, rows, summary, sheet, worst)
@@ -206,7 +207,7 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     from .errors import BadRequest
     from .options import parse_options
 
-    given = {f.name: getattr(args, f.name) for f in OPTIONS}
+    given = {f.name: getattr(args, f.name) for f in OPTIONS if f is not MODEL}
     try:  # as strings, checked with the service's messages
         options = parse_options({k: str(int(v) if isinstance(v, bool) else v)
                                  for k, v in given.items() if v not in (None, False)},
@@ -233,7 +234,7 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     try:
         failed = _remove_all(todo, service.remover, options, args.quiet)
     finally:
-        service.runtime.close()
+        service.close()
     if not args.quiet and len(plan) == 1 and not failed and plan[0][1] != "-":
         print(f"wrote {plan[0][1]}", file=sys.stderr)
     if not args.quiet and len(plan) > 1:
@@ -307,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "default: <name>-nobg.<format> beside each input, <folder>-nobg/ for "
                          "a folder, stdout for stdin")
     for field in OPTIONS:  # the service's options, described once (bgservice/fields.py)
-        field.add_option(rm)
+        if field is not MODEL:  # --model below: the CLI loads the one model it runs
+            field.add_option(rm)
     rm.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     rm.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     rm.add_argument("--model", help="model name (default: $U2NET_MODEL)")

@@ -21,6 +21,7 @@ from .errors import BadRequest
 
 FORMATS = {"png": "image/png", "webp": "image/webp"}
 MAX_PADDING = 10_000
+MAX_NAME = 200
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 _HEX = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 _RGB = re.compile(r"^([0-9]{1,3}) *, *([0-9]{1,3}) *, *([0-9]{1,3})$")  # ASCII digits only
@@ -37,7 +38,7 @@ def shown(value: object, limit: int = 60) -> str:
 @dataclass(frozen=True)
 class Field:
     name: str  # snake_case: the upload endpoint's option, and --kebab-case on the command line
-    kind: str  # "choice", "int", "bool" or "color"
+    kind: str  # "choice", "int", "bool", "color" or "name" (a short string checked by the caller)
     help: str
     json_name: str | None = None  # the JSON API's name, where the JSON API has the field
     choices: tuple[str, ...] = ()
@@ -55,6 +56,8 @@ class Field:
             return f"'{name}' must be true or false"
         if self.kind == "color":
             return f"'{name}' must be #rrggbb or r,g,b (0-255)"
+        if self.kind == "name":
+            return f"'{name}' must be a name of at most {MAX_NAME} characters"
         return f"'{name}' must be one of {', '.join(self.choices)}"
 
     def _bad(self, name: str, value: object) -> BadRequest:
@@ -78,7 +81,7 @@ class Field:
         elif self.kind == "choice":
             if not isinstance(value, str) or value not in self.choices:
                 raise self._bad(name, value)
-        elif not isinstance(value, str):  # a colour: its string forms only
+        elif not isinstance(value, str):  # a colour or a name: strings only
             raise self._bad(name, value)
         else:
             return self.from_string(value)
@@ -94,7 +97,8 @@ class Field:
             raise self._bad(self.name, raw)
         if not text:
             return None
-        parse = {"int": self._int, "color": _color, "choice": self._choice}[self.kind]
+        parse = {"int": self._int, "color": _color, "choice": self._choice,
+                 "name": _name}[self.kind]
         value = parse(text)
         if value is None:
             raise self._bad(self.name, raw)
@@ -124,6 +128,8 @@ class Field:
             schema = {"type": "boolean"}
         elif self.kind == "color":
             schema = {"type": "string", "example": "#ffffff"}
+        elif self.kind == "name":
+            schema = {"type": "string", "maxLength": MAX_NAME}
         else:
             schema = {"type": "string", "enum": list(self.choices)}
         if self.default is not None:
@@ -138,6 +144,10 @@ class Field:
             parser.add_argument(flag, action="store_true", help=self.help)
         else:
             parser.add_argument(flag, choices=self.choices or None, help=self.help)
+
+
+def _name(text: str) -> str | None:
+    return text if len(text) <= MAX_NAME and text.isprintable() else None
 
 
 def _color(text: str) -> tuple[int, int, int] | None:
@@ -161,8 +171,10 @@ THRESHOLD = Field("threshold", "int", "The OpenClone rule: mask values below it 
                   json_name="threshold", lo=0, hi=255)
 SUBJECT_FILTER = Field("subject_filter", "bool", SUBJECT_FILTER_HELP, json_name="subjectFilter",
                        default=False)
+MODEL = Field("model", "name", "Which of the service's models cuts this image out (default: the "
+              "first it serves; /model-info lists them)", json_name="model")
 OPTIONS: tuple[Field, ...] = (
-    MODE, THRESHOLD,
+    MODEL, MODE, THRESHOLD,
     Field("only_mask", "bool", "Return the 8-bit grayscale mask instead of the cut-out"),
     Field("bg_color", "color", "Composite onto this colour (#rrggbb or r,g,b) instead of "
           "transparency"),

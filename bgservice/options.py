@@ -21,6 +21,7 @@ from .png import encode_png
 
 @dataclass(frozen=True)
 class OutputOptions:
+    model: str | None = None  # a served model's name; None: the service's default (first) model
     mode: str = "refine"
     threshold: int | None = None
     only_mask: bool = False

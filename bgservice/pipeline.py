@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -14,7 +14,8 @@ from u2net.runtime import ModelRuntime, Overloaded, TimedOut
 import Image_PostProcesser as post
 from GlobalVariables import Settings
 
-from .errors import Unavailable
+from .errors import BadRequest, Unavailable
+from .fields import shown
 from .imageio import (
     PILLOW_BLOCK_CACHE_BYTES,
     DecodedImage,
@@ -84,26 +85,36 @@ class PathResult:
 
 
 class BackgroundRemover:
-    def __init__(self, runtime: ModelRuntime, *, max_image_pixels: int, max_source_bytes: int,
-                 request_timeout_s: float,
+    def __init__(self, runtimes: ModelRuntime | Sequence[ModelRuntime], *, max_image_pixels: int,
+                 max_source_bytes: int, request_timeout_s: float,
                  memory_budget_bytes: int = Settings.memory_budget_bytes,
                  memory_wait_s: float = Settings.memory_wait_s,
                  threshold_edges: str = Settings.threshold_edges):
-        self.runtime = runtime
+        """`runtimes`: the models this worker serves, by name (ModelRuntime.spec.name); the first
+        is the default for requests that name none."""
+        served = [runtimes] if isinstance(runtimes, ModelRuntime) else list(runtimes)
+        self.runtimes = {rt.spec.name: rt for rt in served}
+        if len(self.runtimes) != len(served):
+            names = [rt.spec.name for rt in served]
+            raise ValueError(f"two served models share a name: {', '.join(names)}")
+        self.runtime = served[0]
         self.threshold_edges = threshold_edges
-        self.refine = post.refine_params(runtime.spec.refine)  # the model's own refine values
+        # each model's own refine values
+        self.refines = {name: post.refine_params(rt.spec.refine) for name, rt in self.runtimes.items()}
+        self.refine = self.refines[self.runtime.spec.name]  # the default model's
         self.max_image_pixels = max_image_pixels
         self.max_source_bytes = max_source_bytes
         self.request_timeout_s = request_timeout_s
-        # The network's queue plus one batch: admitted requests can never overflow the queue.
-        self.admission = Admission(runtime.options.max_queue + runtime.max_batch)
+        # Each network's queue plus one batch: admitted requests can never overflow the queues.
+        self.admission = Admission(sum(rt.options.max_queue + rt.max_batch for rt in served))
         self.memory = MemoryBudget(memory_budget_bytes, memory_wait_s,
                                    set_aside=PILLOW_BLOCK_CACHE_BYTES)
 
     @classmethod
-    def from_settings(cls, runtime: ModelRuntime, settings: Settings) -> BackgroundRemover:
+    def from_settings(cls, runtimes: ModelRuntime | Sequence[ModelRuntime],
+                      settings: Settings) -> BackgroundRemover:
         """The remover for `settings` (GlobalVariables.Settings): the service's and the CLI's."""
-        return cls(runtime, max_image_pixels=settings.max_image_pixels,
+        return cls(runtimes, max_image_pixels=settings.max_image_pixels,
                    max_source_bytes=settings.max_source_bytes,
                    request_timeout_s=settings.request_timeout_s,
                    memory_budget_bytes=settings.memory_budget_bytes,
@@ -118,24 +129,40 @@ class BackgroundRemover:
                 "memory_reserved_mb": round(self.memory.used / (1 << 20), 1),
                 "memory_peak_reserved_mb": round(self.memory.peak / (1 << 20), 1)}
 
-    def check_ready(self) -> None:
-        if self.runtime.error:
-            raise Unavailable(f"the model has failed ({self.runtime.error}); this worker will "
-                              "not recover and should be restarted: see the service log",
-                              retry_after=30)
-        if not self.runtime.ready:
-            raise Unavailable("the model is still loading; retry shortly", retry_after=5)
-
-    def mask(self, image: DecodedImage, timings: dict | None = None) -> np.ndarray:
-        """The model's 8-bit mask at the image's size; Unavailable when overloaded."""
+    def runtime_for(self, model: str | None) -> ModelRuntime:
+        """The served model a request names (None: the default); BadRequest for any other."""
+        if model is None:
+            return self.runtime
         try:
-            return self.runtime.mask_for(image.rgb, timeout=self.request_timeout_s, timings=timings)
+            return self.runtimes[model]
+        except KeyError:
+            raise BadRequest(f"unknown model {shown(model)}; this service serves: "
+                             f"{', '.join(self.runtimes)}") from None
+
+    def check_ready(self, runtime: ModelRuntime | None = None) -> None:
+        """Unavailable unless `runtime` (default: every served model) is ready."""
+        for rt in [runtime] if runtime else self.runtimes.values():
+            if rt.error:
+                raise Unavailable(f"the model {rt.spec.name} has failed ({rt.error}); this worker "
+                                  "will not recover and should be restarted: see the service log",
+                                  retry_after=30)
+            if not rt.ready:
+                raise Unavailable(f"the model {rt.spec.name} is still loading; retry shortly",
+                                  retry_after=5)
+
+    def mask(self, image: DecodedImage, runtime: ModelRuntime | None = None,
+             timings: dict | None = None) -> np.ndarray:
+        """The 8-bit mask of `runtime` (default: the default model) at the image's size;
+        Unavailable when overloaded."""
+        runtime = runtime or self.runtime
+        try:
+            return runtime.mask_for(image.rgb, timeout=self.request_timeout_s, timings=timings)
         except Overloaded as exc:
             raise Unavailable(f"the service is busy: {exc}; retry shortly", retry_after=2) from None
         except TimedOut:
             raise Unavailable("the model did not answer in time; retry shortly", retry_after=5) from None
 
-    def warm_up(self, width: int = 1920, height: int = 1080) -> None:
+    def warm_up(self, width: int = 1920, height: int = 1080, model: str | None = None) -> None:
         """Run a synthetic photo through every stage but the write, so that the first real
         request finds codecs, thread pools and the allocator warm (measured: without this the
         first 1080p request after ready took 1.5x a steady one). Scaled down to MAX_IMAGE_PIXELS
@@ -147,9 +174,10 @@ class BackgroundRemover:
                          interpolation=cv2.INTER_CUBIC)
         _, jpeg = cv2.imencode(".jpg", rgb)
         image = decode_image(jpeg.tobytes(), self.max_image_pixels)
-        mask = self.mask(image)
+        runtime = self.runtime_for(model)
+        mask = self.mask(image, runtime)
         for options in (OutputOptions(mode="threshold", threshold=0), OutputOptions(mode="refine")):
-            pixels = compose_output(image, mask, options, refine=self.refine,
+            pixels = compose_output(image, mask, options, refine=self.refines[runtime.spec.name],
                                     threshold_edges=self.threshold_edges)[0]
             encode_output(pixels, options.format)
 
@@ -157,12 +185,14 @@ class BackgroundRemover:
                 watch: Stopwatch | None = None) -> Rendered:
         """Image bytes -> the rendered output for `options` (the one pipeline for every caller).
         `want_bbox`: also find the subject's bounding box (the upload endpoint reports it)."""
-        self.check_ready()
+        runtime = self.runtime_for(options.model)
+        self.check_ready(runtime)
         with self.admission.ticket() as ticket:
-            return self._render(data, options, ticket, want_bbox, watch or Stopwatch())
+            return self._render(runtime, data, options, ticket, want_bbox, watch or Stopwatch())
 
-    def _render(self, data: bytes, options: OutputOptions, ticket: Ticket, want_bbox: bool,
-                watch: Stopwatch, deliver: Callable[[Rendered], None] | None = None) -> Rendered:
+    def _render(self, runtime: ModelRuntime, data: bytes, options: OutputOptions, ticket: Ticket,
+                want_bbox: bool, watch: Stopwatch,
+                deliver: Callable[[Rendered], None] | None = None) -> Rendered:
         """Decode, mask, compose, encode (and `deliver`) within a memory reservation sized from
         the header, before any pixel is decoded; `ticket` is released once the mask is back."""
         with watch.stage("decode"):
@@ -174,11 +204,11 @@ class BackgroundRemover:
                 image = decode_opened(opened)
                 del opened  # Pillow's copy of the pixels goes now, not at the end of the request
             log.debug("decoded a %s image, mode %s, %dx%d", image.format, image.mode, width, height)
-            mask = self.mask(image, watch.ms)  # resize, forward, upsample
+            mask = self.mask(image, runtime, watch.ms)  # resize, forward, upsample
             ticket.release()
             with watch.stage("compose"):
-                pixels, bbox = compose_output(image, mask, options, want_bbox, self.refine,
-                                              self.threshold_edges)
+                pixels, bbox = compose_output(image, mask, options, want_bbox,
+                                              self.refines[runtime.spec.name], self.threshold_edges)
             del mask
             with watch.stage("encode"):
                 encoded = encode_output(pixels, options.format)
@@ -193,7 +223,8 @@ class BackgroundRemover:
         """The website's call: cut out `job.source` into `job.output` (both relative to `root`)."""
         src_path = root.parse(job.source, "sourceImagePath")
         dst_path = root.parse(job.output, "outputImagePath")
-        self.check_ready()  # before reading: a cold service answers 503 without touching the file
+        runtime = self.runtime_for(job.options.model)
+        self.check_ready(runtime)  # before reading: a cold model answers 503 without touching the file
         watch = Stopwatch()
         with self.admission.ticket() as ticket:  # a busy service refuses before reading
             with watch.stage("read"):
@@ -204,6 +235,7 @@ class BackgroundRemover:
                 with watch.stage("write"):
                     root.write_output(dst_path, rendered.data, src.identity)
 
-            rendered = self._render(src.data, job.options, ticket, False, watch, deliver=write)
-        return PathResult(job, rendered.width, rendered.height, self.runtime.spec.name,
+            rendered = self._render(runtime, src.data, job.options, ticket, False, watch,
+                                    deliver=write)
+        return PathResult(job, rendered.width, rendered.height, runtime.spec.name,
                           len(rendered.data), watch.ms)

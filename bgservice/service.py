@@ -6,6 +6,7 @@ serve with `assemble`, so the runtime and the remover are put together one way o
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from u2net.memory import limit_malloc_arenas
@@ -24,8 +25,17 @@ log = logging.getLogger("u2net_service")
 class Service:
     settings: Settings
     root: SharedRoot | None  # None for the command line, which reads and writes local files
-    runtime: ModelRuntime
+    runtimes: tuple[ModelRuntime, ...]  # every served model, the default first
     remover: BackgroundRemover
+
+    @property
+    def runtime(self) -> ModelRuntime:
+        """The default model's runtime."""
+        return self.runtimes[0]
+
+    def close(self) -> None:
+        for runtime in self.runtimes:
+            runtime.close()
 
 
 def open_shared_root(settings: Settings) -> SharedRoot:
@@ -40,23 +50,34 @@ def open_shared_root(settings: Settings) -> SharedRoot:
     return root
 
 
-def assemble(settings: Settings, runtime: ModelRuntime | None = None, *, shared_root: bool = True,
-             background: bool = True, warm_up_pipeline: bool = True) -> Service:
-    """The service for `settings`. Without `runtime`, the model is loaded (ModelLoadError when it
-    cannot be) and warmed up, in a background thread unless `background` is off; a given runtime
-    is used as it is (tests share one warm runtime). `warm_up_pipeline`: also run a synthetic
-    photo through decode, post-processing and encode before reporting ready (a server's first
-    request then finds them warm; a one-off command need not wait for that)."""
+def assemble(settings: Settings, runtime: ModelRuntime | Sequence[ModelRuntime] | None = None, *,
+             shared_root: bool = True, background: bool = True,
+             warm_up_pipeline: bool = True) -> Service:
+    """The service for `settings`. Without `runtime`, every served model is loaded
+    (Settings.served_models; ModelLoadError when one cannot be) and warmed up, each in a
+    background thread unless `background` is off; given runtimes (one, or several with the
+    default first) are used as they are (tests share one warm runtime). `warm_up_pipeline`: also
+    run a synthetic photo through decode, post-processing and encode before reporting ready (a
+    server's first request then finds them warm; a one-off command need not wait for that)."""
     limit_malloc_arenas()  # before the request threads exist: keeps RSS flat over time
     root = open_shared_root(settings) if shared_root else None
-    own_runtime = runtime is None
-    if runtime is None:
+    if runtime is not None:
+        given = (runtime,) if isinstance(runtime, ModelRuntime) else tuple(runtime)
+        return Service(settings, root, given, BackgroundRemover.from_settings(given, settings))
+    runtimes: list[ModelRuntime] = []
+    try:
+        for name, weights in settings.served_models:
+            runtimes.append(ModelRuntime.load(settings.runtime_options(name, weights)))
         try:
-            runtime = ModelRuntime.load(settings.runtime_options())
-        except ModelLoadError as exc:
-            log.error("refusing to start: %s", exc)
-            raise
-    remover = BackgroundRemover.from_settings(runtime, settings)
-    if own_runtime:
-        runtime.start(background=background, then=remover.warm_up if warm_up_pipeline else None)
-    return Service(settings, root, runtime, remover)
+            remover = BackgroundRemover.from_settings(runtimes, settings)
+        except ValueError as exc:  # two models with one name (a custom model's, say)
+            raise ModelLoadError(str(exc)) from None
+    except ModelLoadError as exc:
+        log.error("refusing to start: %s", exc)
+        for loaded in runtimes:
+            loaded.close()
+        raise
+    for loaded in runtimes:
+        warm = (lambda name=loaded.spec.name: remover.warm_up(model=name)) if warm_up_pipeline else None
+        loaded.start(background=background, then=warm)
+    return Service(settings, root, tuple(runtimes), remover)

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
+import torch
 from conftest import PROJECT
 from PIL import Image
 
@@ -331,3 +332,45 @@ def trained_like_u2netp():
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
     return net.eval()
+
+
+# -- a tiny custom ONNX model ---------------------------------------------------------------
+
+DESCRIPTION = {"input_size": 64, "resize": "bilinear", "mean": [0.5, 0.5, 0.5],
+               "std": [0.25, 0.25, 0.25], "output": 0, "sigmoid": False, "normalise": "none",
+               "name": "tiny", "licence": "MIT"}
+
+
+class Tiny(torch.nn.Module):
+    """A stand-in segmentation network: one convolution, then (optionally) the sigmoid; a second
+    output that is not the mask."""
+
+    def __init__(self, logits: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 1, 5, padding=2)
+        self.logits = logits
+
+    def forward(self, x):
+        y = self.conv(x) * 3
+        return (y if self.logits else torch.sigmoid(y)), x.mean(dim=1, keepdim=True)
+
+
+def write_model(folder, logits=False, batch=None, **description):
+    """tiny.onnx (batch dynamic unless `batch`) and tiny.onnx.json with `description`'s changes:
+    a custom model (u2net/custom.py) small enough for any test."""
+    import warnings
+
+    buf = io.BytesIO()
+    axes = {} if batch else {"input": {0: "n"}, "mask": {0: "n"}, "other": {0: "n"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(Tiny(logits).eval(), (torch.zeros(batch or 1, 3, 64, 64),), buf,
+                          input_names=["input"], output_names=["mask", "other"],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
+    path = folder / "tiny.onnx"
+    path.write_bytes(buf.getvalue())
+    values = {**DESCRIPTION, **description}
+    (folder / "tiny.onnx.json").write_text(json.dumps({k: v for k, v in values.items()
+                                                      if v is not None}))
+    return path

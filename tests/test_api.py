@@ -245,7 +245,7 @@ def test_failed_warm_up_is_reported_not_retried(sandbox, random_weights, runtime
         assert heard == ["warm-up failed: CUDA out of memory (simulated)"] * 2
         health = client.get("/health")
         assert health.status_code == 503
-        assert health.json == {"status": "failed", "error": heard[0]}
+        assert health.json == {"status": "failed", "model": "u2netp", "error": heard[0]}
         save_image(sandbox["root"] / "x.png", photo())
         for response in (client.get("/ready"), client.post("/remove-background", json={
                 "sourceImagePath": "/x.png", "outputImagePath": "/o.png"})):
@@ -302,7 +302,7 @@ def test_a_pixel_limit_below_the_warm_up_image_still_starts(sandbox, random_weig
     settings = make_settings(sandbox["root"], random_weights, max_image_pixels=100_000,
                              warmup_runs=1)
     app = API.create_app(settings)
-    runtime = app.extensions["u2net"].runtime
+    runtime = app.extensions["u2net"].runtimes[0]
     try:
         assert runtime.wait_ready(120), runtime.error
         client = app.test_client()
@@ -369,8 +369,9 @@ def test_concurrent_requests_all_produce_correct_files(client, sandbox, runtime)
 
 def test_health_ready_and_model_info(client, runtime):
     assert client.get("/health").json == {"status": "ok"}
-    assert client.get("/ready").json == {"ready": True, "model": "u2netp"}
+    assert client.get("/ready").json == {"ready": True, "model": "u2netp", "models": ["u2netp"]}
     info = client.get("/model-info").json
+    assert list(info["models"]) == ["u2netp"] and info["models"]["u2netp"]["model"] == "u2netp"
     assert info["model"] == "u2netp" and info["architecture"] == "U2NETP"
     assert info["device"].startswith("cpu") and info["precision"] == "fp32"
     assert info["engine"] == "onnxruntime"  # the fastest exact engine on CPU

@@ -1,55 +1,15 @@
 """Custom ONNX models (u2net/custom.py): a file and its JSON description run through the pipeline."""
 from __future__ import annotations
 
-import io
-import json
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from conftest import photo
+from helpers import Tiny, write_model
 from PIL import Image
-from torch import nn
 from u2net.custom import CustomModelError, CustomOnnxPredictor, read_description
 from u2net.runtime import ModelRuntime, RuntimeOptions
 from u2net.transforms import mask_to_size, to_model_input
-
-DESCRIPTION = {"input_size": 64, "resize": "bilinear", "mean": [0.5, 0.5, 0.5],
-               "std": [0.25, 0.25, 0.25], "output": 0, "sigmoid": False, "normalise": "none",
-               "name": "tiny", "licence": "MIT"}
-
-
-class Tiny(nn.Module):
-    """A stand-in segmentation network: one convolution, then (optionally) the sigmoid; a second
-    output that is not the mask."""
-
-    def __init__(self, logits: bool = False):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 1, 5, padding=2)
-        self.logits = logits
-
-    def forward(self, x):
-        y = self.conv(x) * 3
-        return (y if self.logits else torch.sigmoid(y)), x.mean(dim=1, keepdim=True)
-
-
-def write_model(folder, logits=False, batch=None, **description):
-    """tiny.onnx (batch dynamic unless `batch`) and tiny.onnx.json with `description`'s changes."""
-    buf = io.BytesIO()
-    axes = {} if batch else {"input": {0: "n"}, "mask": {0: "n"}, "other": {0: "n"}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(Tiny(logits).eval(), (torch.zeros(batch or 1, 3, 64, 64),), buf,
-                          input_names=["input"], output_names=["mask", "other"],
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
-    path = folder / "tiny.onnx"
-    path.write_bytes(buf.getvalue())
-    values = {**DESCRIPTION, **description}
-    (folder / "tiny.onnx.json").write_text(json.dumps({k: v for k, v in values.items()
-                                                      if v is not None}))
-    return path
 
 
 def expected_mask(rgb: np.ndarray, spec) -> np.ndarray:

@@ -21,8 +21,10 @@ def test_every_option_is_described_in_openapi_and_offered_by_the_cli(client):
     flags = {opt for action in remove._actions for opt in action.option_strings}
     for field in OPTIONS:
         assert "--" + field.name.replace("_", "-") in flags, field.name
-        assert params[field.name]["description"] == field.help
+        assert params[field.name]["description"].startswith(field.help)
     assert properties["threshold"]["maximum"] == JSON_OPTIONS["threshold"].hi == 255
+    # the model field names the served models: one here, the session's u2netp
+    assert params["model"]["schema"]["enum"] == properties["model"]["enum"] == ["u2netp"]
 
 
 @pytest.mark.parametrize("raw, parsed", [

@@ -19,6 +19,7 @@ from helpers import (
     stop,
     wait_for_exit,
     wait_until_ready,
+    write_model,
 )
 from PIL import Image
 
@@ -26,9 +27,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def server(sandbox, random_weights):
+def server(sandbox, random_weights, tmp_path):
+    """The production server serving u2netp (the default) and, beside it, a tiny custom model."""
+    tiny = write_model(tmp_path)
     proc, port = start_server({"OpenClone_OpenCloneFS": str(sandbox["root"]),
-                               "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights)})
+                               "U2NET_MODELS": f"u2netp={random_weights},{tiny}"})
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(proc, base)
@@ -83,6 +86,17 @@ def test_concurrent_clients_over_http(server, sandbox):
     for i in range(4):
         out = np.asarray(Image.open(sandbox["root"] / f"out/{i}.png"))
         assert out.shape == (150, 200 + 20 * i, 4) and (out[..., 3] == 255).all()
+
+
+def test_the_production_server_serves_every_model_it_lists(server, sandbox):
+    _, base = server
+    assert requests.get(f"{base}/ready", timeout=10).json()["models"] == ["u2netp", "tiny"]
+    save_image(sandbox["root"] / "in.png", photo(160, 120))
+    for model in ("tiny", "u2netp"):
+        reply = requests.post(f"{base}/remove-background", timeout=60, json={
+            "sourceImagePath": "/in.png", "outputImagePath": f"/{model}.png", "model": model})
+        assert reply.status_code == 200 and reply.json()["model"] == model
+        assert Image.open(sandbox["root"] / f"{model}.png").size == (160, 120)
 
 
 def test_missing_weights_refuse_to_start_naming_the_file_and_the_command(sandbox, tmp_path):

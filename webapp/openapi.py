@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import metadata
 
 import Image_PostProcesser as post
-from bgservice.fields import FORMATS, JSON_OPTIONS, OPTIONS, PATHS
+from bgservice.fields import FORMATS, JSON_OPTIONS, MODEL, OPTIONS, PATHS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -34,20 +34,30 @@ def _errors(*codes: int) -> dict:
                      "content": {"application/json": {"schema": _ERROR}}} for c in codes}
 
 
-def _option_params() -> list[dict]:
+def _schema(field, models: tuple[str, ...]) -> dict:
+    """A field's JSON schema; the model field lists the models this service serves."""
+    schema = field.json_schema()
+    if field is MODEL and models:
+        schema["enum"] = list(models)
+        schema["description"] += f". Served here: {', '.join(models)}"
+    return schema
+
+
+def _option_params(models: tuple[str, ...]) -> list[dict]:
     """The upload endpoint's options, from their one description (bgservice.fields)."""
     params = []
     for field in OPTIONS:
-        schema = field.json_schema()
+        schema = _schema(field, models)
         params.append({"name": field.name, "in": "query", "required": False,
                        "description": schema.pop("description"), "schema": schema})
     return params
 
 
 def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int,
-                 public_paths: tuple[str, ...] = ()) -> dict:
-    """The description; with U2NET_API_TOKEN set, every operation but `public_paths` needs it."""
-    spec = _spec(settings, max_batch_jobs, max_json_bytes)
+                 public_paths: tuple[str, ...] = (), models: tuple[str, ...] = ()) -> dict:
+    """The description; with U2NET_API_TOKEN set, every operation but `public_paths` needs it.
+    `models`: the names of the served models (the `model` field's values)."""
+    spec = _spec(settings, max_batch_jobs, max_json_bytes, models)
     if settings.api_token:
         spec["security"] = [{"bearer": []}]
         for path in public_paths:
@@ -56,7 +66,7 @@ def openapi_spec(settings, max_batch_jobs: int, max_json_bytes: int,
     return spec
 
 
-def _spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
+def _spec(settings, max_batch_jobs: int, max_json_bytes: int, models: tuple[str, ...]) -> dict:
     remove_request = {
         "type": "object",
         "required": list(PATHS),
@@ -65,7 +75,8 @@ def _spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
             "sourceImagePath": {"type": "string", "example": "/Clones/4/clone-image-with-bg.png",
                                 "description": "Relative to the shared root (leading / allowed)"},
             "outputImagePath": {"type": "string", "example": "/Clones/4/clone-image-no-bg.png"},
-            **{name: {**field.json_schema(), **({"nullable": True} if field.default is None else {})}
+            **{name: {**_schema(field, models),
+                      **({"nullable": True} if field.default is None else {})}
                for name, field in JSON_OPTIONS.items()},
         },
     }
@@ -117,7 +128,7 @@ def _spec(settings, max_batch_jobs: int, max_json_bytes: int) -> dict:
             }},
             "/api/remove": {"post": {
                 "summary": "Upload an image; get the cut-out back",
-                "parameters": _option_params(),
+                "parameters": _option_params(models),
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {
                         "type": "object", "required": ["file"],
