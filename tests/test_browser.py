@@ -159,3 +159,34 @@ def test_with_a_token_the_page_asks_for_it_and_then_works(browser, guarded_serve
     assert "120x90" in browser.find_element(By.ID, "status").text
     errors = [e for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
     assert not errors, errors
+
+
+def test_the_model_select_offers_the_served_models_and_runs_the_chosen_one(browser, tmp_path,
+                                                                           random_weights,
+                                                                           runtime):
+    """Issue 12: with two models served, the page lists them (the default first) and the result
+    says which one cut the photo out; with one, the select stays hidden (the other tests)."""
+    from helpers import write_model
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from u2net.runtime import ModelRuntime, RuntimeOptions
+
+    tiny = ModelRuntime.load(RuntimeOptions(model=str(write_model(tmp_path)), device="cpu"))
+    tiny.start(background=False)
+    server = serve(tmp_path, random_weights, [runtime, tiny])
+    try:
+        picture = save_image(tmp_path / "p.png", photo(160, 120))
+        browser.get(f"http://127.0.0.1:{server.server_port}/")
+        select = Select(browser.find_element(By.ID, "model"))
+        WebDriverWait(browser, 30).until(lambda d: len(select.options) == 2)
+        assert [o.text for o in select.options] == ["u2netp", "tiny"]
+        assert browser.find_element(By.ID, "model-row").is_displayed()
+        select.select_by_value("tiny")
+        browser.find_element(By.ID, "file").send_keys(str(picture))
+        browser.find_element(By.ID, "go").click()
+        assert wait_for_outcome(browser) == "done"
+        assert "model tiny" in browser.find_element(By.ID, "status").text
+    finally:
+        server.shutdown()
+        tiny.close()
+

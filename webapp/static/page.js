@@ -37,10 +37,23 @@ function askForToken() {
   $("token-row").hidden = false;
   document.body.dataset.token = "needed";
 }
-fetch("/model-info", { headers: authorization() }).then((r) => { if (r.status === 401) askForToken(); });
+// The served models (U2NET_MODELS), the default first; the select shows only when there is a choice.
+function listModels(info) {
+  const names = Object.keys(info.models || {});
+  $("model").replaceChildren(...names.map((name) => new Option(name, name)));
+  $("model-row").hidden = names.length < 2;
+}
+async function describeService() {
+  const response = await fetch("/model-info", { headers: authorization() });
+  if (response.status === 401) { askForToken(); return; }
+  if (response.ok) listModels(await response.json());
+}
+describeService();
+$("token").addEventListener("change", describeService);
 
 async function cutOut(extra) {
   const params = new URLSearchParams({ mode: $("mode").value, ...extra });
+  if ($("model").value) params.set("model", $("model").value);
   if ($("mode").value === "threshold") params.set("threshold", $("threshold").value);
   if ($("subject_filter").checked) params.set("subject_filter", "1");
   const form = new FormData();
@@ -75,7 +88,7 @@ $("go").addEventListener("click", async () => {
     link.hidden = false;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     $("status").textContent = `Done in ${seconds} s (${result.headers.get("X-Image-Size")}, ` +
-      `mode ${result.headers.get("X-Mode")})`;
+      `mode ${result.headers.get("X-Mode")}, model ${result.headers.get("X-Model")})`;
     document.body.dataset.state = "done";
   } catch (err) {
     $("status").textContent = "Error: " + err.message;
