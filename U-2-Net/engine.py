@@ -267,6 +267,7 @@ class OnnxPredictor:
                                             providers=["CPUExecutionProvider"])
         self.device = torch.device("cpu")
         self.precision = precision
+        self.provider = "CPUExecutionProvider"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         d0 = self.session.run(None, {"input": np.ascontiguousarray(batch, dtype=np.float32)})[0]

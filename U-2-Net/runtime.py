@@ -382,6 +382,8 @@ class ModelRuntime:
             # bf16 matrix units (Intel AMX), which decide whether auto considers bf16 on CPU
             "cpu_amx": self.cpu_amx,
             "engine": self.predictor.engine,
+            # ONNX Runtime's execution provider that runs it (CPU or CUDA), where ORT runs it
+            "execution_provider": getattr(self.predictor, "provider", None),
             "precision": self.predictor.precision,
             "precision_requested": self.options.precision,
             # a reduced precision's mask against fp32 at load (IoU, MAD /255), if any

@@ -124,3 +124,25 @@ def test_the_settings_take_a_custom_model_path():
     from GlobalVariables import Settings
 
     assert Settings.from_env({"U2NET_MODEL": "/models/birefnet.onnx"}).model == "/models/birefnet.onnx"
+
+
+def test_a_gpu_without_onnxruntimes_cuda_provider_is_reported(tmp_path, monkeypatch, caplog):
+    """Where a GPU is there but only the CPU provider is installed (onnxruntime, not
+    onnxruntime-gpu), the model runs on CPU and the log says how to use the GPU."""
+    import onnxruntime as ort
+
+    path = write_model(tmp_path)
+    spec, output = read_description(path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    predictor = CustomOnnxPredictor(path, spec, output, torch.device("cuda"))
+    assert predictor.device.type == "cpu" and predictor.provider == "CPUExecutionProvider"
+    assert "install onnxruntime-gpu" in caplog.text
+
+
+def test_model_info_names_the_execution_provider(tmp_path):
+    runtime = load(write_model(tmp_path))
+    try:
+        assert runtime.info()["execution_provider"] == "CPUExecutionProvider"
+    finally:
+        runtime.close()
