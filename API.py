@@ -13,6 +13,7 @@ This module is the HTTP layer: the core never imports it.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import hmac
 import json
 import logging
@@ -35,6 +36,7 @@ from bgservice.errors import (
     UnsupportedMediaType,
 )
 from bgservice.fields import JSON_OPTIONS, PATHS, REMOVE_FIELDS, refuse_unknown
+from bgservice.logs import incoming_or_new, request_id
 from bgservice.options import OutputOptions, parse_options, resolve_mode
 from bgservice.paths import SharedRoot
 from bgservice.pipeline import BackgroundRemover, PathJob, PathResult
@@ -65,7 +67,7 @@ def create_app(settings: Settings | None = None,
     """The app for `settings`; `runtime`: already loaded model(s) to serve (tests), the default
     first."""
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     service = assemble(settings, runtime, background=warm_up_in_background)
 
     app = Flask(__name__, static_folder=None)
@@ -82,6 +84,7 @@ def create_app(settings: Settings | None = None,
                                            service.remover, jobs)
     app.register_blueprint(routes)
     _register_error_handlers(app)
+    _register_request_ids(app)
     _register_request_log(app)
     return app
 
@@ -186,7 +189,10 @@ def remove_background_batch():
     """Several website calls in one request; each job succeeds or fails on its own."""
     state = _state()
     jobs = _batch_jobs(_json_object())
-    outcomes = list(state.jobs.map(lambda job: _run_job(state, *job), enumerate(jobs)))
+    # Each job runs in a copy of this request's context, so its log lines carry the request's id.
+    contexts = [contextvars.copy_context() for _ in jobs]
+    outcomes = list(state.jobs.map(lambda pair: pair[0].run(_run_job, state, *pair[1]),
+                                   zip(contexts, enumerate(jobs), strict=True)))
     failed = sum(1 for o in outcomes if o["status"] != 200)
     return jsonify(succeeded=len(outcomes) - failed, failed=failed, jobs=outcomes)
 
@@ -316,6 +322,26 @@ def _check_token(expected: str) -> None:
     # compare_digest: the time taken does not tell how much of a guess was right.
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise Unauthorized("this service needs 'Authorization: Bearer <token>' (U2NET_API_TOKEN)")
+
+
+def _register_request_ids(app: Flask) -> None:
+    """Each request's id (its X-Request-ID when sane, else a new one): on every log line it
+    causes (bgservice.logs) and in the response's X-Request-ID."""
+    @app.before_request
+    def take_request_id():
+        g.request_id = incoming_or_new(request.headers.get("X-Request-ID"))
+        g.request_id_token = request_id.set(g.request_id)
+
+    @app.after_request
+    def return_request_id(response):
+        if "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
+        return response
+
+    @app.teardown_request
+    def forget_request_id(_exc):
+        if "request_id_token" in g:
+            request_id.reset(g.request_id_token)
 
 
 def _register_request_log(app: Flask) -> None:

@@ -176,6 +176,7 @@ class Settings:
     # the web page's own files needs `Authorization: Bearer <token>`.
     api_token: str | None = field(default=None, repr=False)  # never in logs
     log_level: str = "INFO"
+    log_format: str = "text"  # LOG_FORMAT: text, or json (one object per line, for collectors)
     warmup_runs: int = 2
     # The production server (gunicorn_conf.py): workers (WEB_CONCURRENCY), request threads per
     # worker (GUNICORN_THREADS; 0 = auto, see gunicorn_threads), the request timeout
@@ -230,6 +231,7 @@ class Settings:
             port=_number(env, "PORT", cls.port, 1, 65535),
             api_token=_token(env, "U2NET_API_TOKEN"),
             log_level=level,
+            log_format=_choice(env, "LOG_FORMAT", cls.log_format, ("text", "json")),
             warmup_runs=_number(env, "U2NET_WARMUP_RUNS", cls.warmup_runs, 0, 100),
             web_concurrency=_number(env, "WEB_CONCURRENCY", cls.web_concurrency, 1, 64),
             threads=_number(env, "GUNICORN_THREADS", cls.threads, 0, 1024),
@@ -271,13 +273,15 @@ class Settings:
                               max_queue=self.max_queue, warmup_runs=self.warmup_runs)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """One log format for the app, gunicorn workers and the CLI (stderr, with the process id)."""
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """One log format for the app, gunicorn workers and the CLI: stderr, with the process id and
+    the request's id (bgservice.logs), as text or, with LOG_FORMAT=json, one JSON object a line."""
+    from bgservice.logs import make_handler
+
     root = logging.getLogger()
-    if not any(getattr(h, "_u2net", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
-        handler._u2net = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    for old in [h for h in root.handlers if getattr(h, "_u2net", False)]:
+        root.removeHandler(old)
+    handler = make_handler(sys.stderr, fmt)
+    handler._u2net = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
     root.setLevel(level)

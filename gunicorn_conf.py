@@ -42,6 +42,22 @@ max_requests_jitter = max(1, max_requests // 10)
 accesslog = "-"
 errorlog = "-"
 loglevel = settings.log_level.lower()
+# gunicorn's access line ends with the request's id (X-Request-ID, bgservice.logs), as the app's
+# own lines carry it.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
+if settings.log_format == "json":  # gunicorn's own lines as JSON objects too (LOG_FORMAT)
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "bgservice.logs.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                                "stream": "ext://sys.stderr"}},
+        "loggers": {name: {"handlers": ["stderr"], "level": level, "propagate": False}
+                    for name, level in (("gunicorn.error", settings.log_level), ("gunicorn.access", "INFO"))},
+        # gunicorn's default root handler would print the app's lines a second time, as text;
+        # the app installs its own (GlobalVariables.configure_logging) when the worker loads it.
+        "root": {"level": settings.log_level, "handlers": []},
+    }
 # Respond to Docker/Kubernetes stop signals promptly.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 

@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         return args.run(args, settings)
     except (SettingsError, UnknownModel) as exc:
         print(f"error: {exc}", file=sys.stderr)
