@@ -66,7 +66,8 @@ def bf16_everywhere(spec, weights):
 @pytest.mark.slow
 def test_reduced_precision_stays_within_parity_and_close_to_fp32(real_u2netp, real_u2netp_bf16):
     """Centred bf16: the same parity bounds, and IoU >= 0.99 against fp32, on every parity image,
-    where plain bf16 everywhere does not hold (measured: IoU 0.905, the issue's figure)."""
+    where plain bf16 everywhere does not hold (measured over all 18: IoU 0.904 at worst, below
+    0.99 on 17 of them)."""
     from u2net.engine import mask_agreement
     from u2net.transforms import to_model_input
 
@@ -87,11 +88,12 @@ def test_reduced_precision_stays_within_parity_and_close_to_fp32(real_u2netp, re
         iou_ref = (a & b).sum() / max(1, (a | b).sum())
         iou_fp32 = (a & c).sum() / max(1, (a | c).sum())
         report.append((image_path.name, round(mad, 2), round(iou_ref, 4), round(iou_fp32, 4)))
-        x = to_model_input(image.rgb, spec)[None]
-        plain_worst = min(plain_worst, mask_agreement(real_u2netp.predictor(x), plain(x))[0])
+        if len(report) <= 4:  # plain bf16 fails on 17 of the 18; four show it
+            x = to_model_input(image.rgb, spec)[None]
+            plain_worst = min(plain_worst, mask_agreement(real_u2netp.predictor(x), plain(x))[0])
     print("\n".join(f"{n:20s} MAD {m:5.2f}/255  IoU {i:.4f}  IoU vs fp32 {f:.4f}"
                     for n, m, i, f in report))
-    print(f"bf16 everywhere, worst IoU against fp32: {plain_worst:.4f}")
+    print(f"bf16 everywhere, worst IoU against fp32 on the first four: {plain_worst:.4f}")
     failures = [r for r in report if r[1] > MAX_MAD or r[2] < MIN_IOU or r[3] < 0.99]
     assert not failures, f"bf16 outside the bounds: {failures}"
     assert plain_worst < 0.99  # what centring is for: these weights need it
@@ -123,7 +125,7 @@ def test_tf32_convolutions_stay_within_parity(monkeypatch):
         return exact_conv(self, _round_to_tf32(x), _round_to_tf32(weight), bias)
 
     worst_iou, moved = 1.0, 0.0
-    for image_path in parity_cases():
+    for image_path in parity_cases()[::2]:  # half the set (all 18 measured: the figures below)
         x = torch.from_numpy(to_model_input(decode_image(image_path.read_bytes(), 10**8).rgb, spec))
         with torch.no_grad():
             exact = normalise_prediction(net(x[None], fused_only=True)[0, 0].numpy())

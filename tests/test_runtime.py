@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from conftest import PROJECT, shared_path
 from u2net.calibration import calibration_input
 from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, Overloaded, RuntimeOptions, TimedOut
@@ -66,13 +66,14 @@ def load_auto(**options) -> ModelRuntime:
     weights = shared_path("models", "u2netp", "u2netp.pth")
     runtime = ModelRuntime.load(RuntimeOptions(model="u2netp", weights=weights, device="cpu",
                                                precision="auto", compile=False, warmup_runs=0,
+                                               cache_dir=PROJECT / ".pytest-onnx-cache",
                                                **options))
     runtime.start(background=False)
     assert runtime.ready, runtime.error
     return runtime
 
 
-def slowed(cls, monkeypatch, seconds=0.4):
+def slowed(cls, monkeypatch, seconds=0.25):
     """Every forward of predictor class `cls` takes `seconds` longer."""
     import time
 
