@@ -54,7 +54,9 @@ RUN groupadd --system --gid 10001 u2net \
 USER 10001:10001
 
 EXPOSE 5002
-HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+# start-period: a CPU host with AMX compiles bf16 at the first start (about 2.5 minutes on 2 cores;
+# later starts read U2NET_CACHE_DIR, a volume in docker-compose.yml).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ready' % os.environ.get('PORT', '5002'), timeout=4)"]
 
 CMD ["gunicorn", "-c", "gunicorn_conf.py"]
