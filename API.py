@@ -29,10 +29,12 @@ from u2net.registry import ModelLoadError
 from u2net.runtime import ModelRuntime
 from werkzeug.exceptions import HTTPException
 
+from bgservice import telemetry
 from bgservice.errors import (
     BadRequest,
     ServiceError,
     Unauthorized,
+    Unavailable,
     UnsupportedMediaType,
 )
 from bgservice.fields import JSON_OPTIONS, PATHS, REMOVE_FIELDS, refuse_unknown
@@ -220,6 +222,14 @@ def api_remove():
     return response
 
 
+@routes.get("/metrics")
+def metrics():
+    """Prometheus' text format: requests, stage latencies, queue depth, batch sizes, images,
+    refusals, model load and warm-up times, and which models run how (bgservice.telemetry)."""
+    body, content_type = telemetry.render()
+    return Response(body, content_type=content_type)
+
+
 @routes.get("/openapi.json")
 def openapi():
     state = _state()
@@ -275,6 +285,7 @@ def _run_job(state: ServiceState, index: int, job: object) -> dict:
             state.root, _parse_remove_request(job, state.settings.default_mode))
         return {"index": index, "status": 200, "result": _result_json(result)}
     except ServiceError as exc:
+        _count_refusal(exc)
         return {"index": index, "status": exc.status, "error": exc.message}
     except Exception:  # one job's bug must not fail its neighbours; the log has the traceback
         log.exception("batch job %d failed", index)
@@ -291,9 +302,15 @@ def _error(message: str, status: int, retry_after: int | None = None):
     return response
 
 
+def _count_refusal(exc: ServiceError) -> None:
+    if isinstance(exc, Unavailable):
+        telemetry.REFUSALS.labels(exc.reason).inc()
+
+
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
+        _count_refusal(exc)
         return _error(exc.message, exc.status, exc.retry_after)
 
     @app.errorhandler(HTTPException)
@@ -313,7 +330,8 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
                "connect-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 # Open without the token: the probes, and the page's own files (the page then asks for it).
-PUBLIC_PATHS = ("/health", "/ready", "/", *(f"/web/{name}" for name in WEB_FILES))
+# /metrics too: Prometheus scrapes it, and it holds counts, not callers' data.
+PUBLIC_PATHS = ("/health", "/ready", "/metrics", "/", *(f"/web/{name}" for name in WEB_FILES))
 
 
 def _check_token(expected: str) -> None:
@@ -363,6 +381,15 @@ def _register_request_log(app: Flask) -> None:
         response.headers["Referrer-Policy"] = "no-referrer"
         if response.status_code == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="u2net"'
+        return response
+
+    @app.after_request
+    def count_request(response):
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        telemetry.REQUESTS.labels(route, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            telemetry.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
         return response
 
     @app.after_request

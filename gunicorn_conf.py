@@ -7,6 +7,7 @@ the model) itself after fork, because preload_app is off.
 """
 import os
 import sys
+import tempfile
 
 from GlobalVariables import Settings, SettingsError
 
@@ -15,6 +16,17 @@ try:
 except SettingsError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(2)
+
+# Prometheus' multiprocess mode (bgservice/telemetry.py): each worker writes its samples into this
+# folder, and /metrics in any worker merges them. gunicorn puts raw_env into the environment at
+# start, before any worker imports prometheus_client (importing this file changes nothing). The
+# folder is emptied at each start: a previous run's dead workers must not count.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="u2net-metrics-")
+os.makedirs(_metrics_dir, exist_ok=True)
+for _name in os.listdir(_metrics_dir):
+    if _name.endswith(".db"):
+        os.remove(os.path.join(_metrics_dir, _name))
+raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}"]
 
 # Loopback unless HOST says otherwise, as `python API.py`: the containers set HOST=0.0.0.0, and
 # deploy/run-local.sh keeps gunicorn on loopback behind nginx.
@@ -77,3 +89,10 @@ def post_worker_init(worker):
 
     for runtime in worker.wsgi.extensions["u2net"].runtimes:
         runtime.on_failure(stop)
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges (queue depth) stop counting in /metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -161,6 +161,8 @@ class ModelRuntime:
         self.engine_timings: dict[str, float] | None = None  # ms per candidate, if there was a race
         self.compile_seconds: float | None = None  # the first forward of a compiled predictor
         self.cpu_amx = cpu_has_amx()  # read once: /model-info is asked often
+        self.load_seconds: float | None = None  # set by load
+        self._batch_observer: Callable[[int], None] | None = None
         self.options = options
         self.weights_sha256 = weights_sha256 or file_digest(weights_path)
         self.warmup_seconds: float | None = None
@@ -193,12 +195,15 @@ class ModelRuntime:
         device = choose_device(options.device)
         predictor, *rivals = _load_predictors(spec, path, sha256, device, options)
         release_free_memory()  # the PyTorch copy and the export are garbage now
+        seconds = time.perf_counter() - started
         log.info("loaded %s (%s) from %s (sha256 %s) on %s (AMX: %s) with %s in %.2f s%s",
                  spec.name, spec.architecture, path, sha256, describe_device(device),
                  "yes" if cpu_has_amx() else "no",
                  " or ".join(_label(p) for p in (predictor, *rivals)),
-                 time.perf_counter() - started, "; warm-up times them" if rivals else "")
-        return cls(spec, path, predictor, options, sha256, tuple(rivals))
+                 seconds, "; warm-up times them" if rivals else "")
+        runtime = cls(spec, path, predictor, options, sha256, tuple(rivals))
+        runtime.load_seconds = round(seconds, 3)
+        return runtime
 
     @classmethod
     def _load_custom(cls, options: RuntimeOptions) -> ModelRuntime:
@@ -211,10 +216,13 @@ class ModelRuntime:
         started = time.perf_counter()
         predictor = CustomOnnxPredictor(path, spec, output, choose_device(options.device))
         sha256 = file_digest(path)
+        seconds = time.perf_counter() - started
         log.info("loaded custom model %s from %s (sha256 %s) on %s with ONNX Runtime (%s) in "
                  "%.2f s", spec.name, path, sha256, describe_device(predictor.device),
-                 predictor.provider, time.perf_counter() - started)
-        return cls(spec, path, predictor, options, sha256)
+                 predictor.provider, seconds)
+        runtime = cls(spec, path, predictor, options, sha256)
+        runtime.load_seconds = round(seconds, 3)
+        return runtime
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -312,7 +320,13 @@ class ModelRuntime:
                  ", ".join(f"{k} {v:.0f} ms" for k, v in self.engine_timings.items()),
                  _label(self.predictor))
 
+    def set_batch_observer(self, observe: Callable[[int], None] | None) -> None:
+        """`observe(n)` hears the size of every forward pass from now on (metrics)."""
+        self._batch_observer = observe
+
     def _forward(self, batch: np.ndarray) -> np.ndarray:
+        if self._batch_observer is not None:
+            self._batch_observer(len(batch))
         return self.predictor(batch)
 
     def _after_batch(self, error: BaseException | None) -> None:

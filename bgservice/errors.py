@@ -30,12 +30,20 @@ class NotAnImage(ServiceError):
 
 
 class Unavailable(ServiceError):
-    """Not ready yet, or overloaded: the caller should retry after `retry_after` seconds."""
+    """Not ready yet, or overloaded: the caller should retry after `retry_after` seconds.
+    `reason` (REFUSAL_REASONS) is what the metrics count it under."""
 
     status = 503
 
-    def __init__(self, message: str, retry_after: int = 5):
+    def __init__(self, message: str, retry_after: int = 5, *, reason: str):
         super().__init__(message, retry_after=retry_after)
+        assert reason in REFUSAL_REASONS, reason
+        self.reason = reason
+
+
+# Why a request got 503: the model's queue is full, the worker admits no more requests, the
+# memory budget has no room, the model is still loading or has failed, or it did not answer in time.
+REFUSAL_REASONS = ("queue_full", "busy", "memory_budget", "not_ready", "failed", "timeout")
 
 
 class Unauthorized(ServiceError):

@@ -39,7 +39,7 @@ class Admission:
             if self._count >= self.limit:
                 raise Unavailable(f"the service is busy: {self._count} images are already being "
                                   "processed or waiting for the model; retry shortly",
-                                  retry_after=2)
+                                  retry_after=2, reason="busy")
             self._count += 1
         ticket = Ticket(self)
         try:
@@ -88,7 +88,7 @@ class MemoryBudget:
         with self._changed:
             if not self._changed.wait_for(lambda: self.used + nbytes <= self.total, self.wait_s):
                 raise Unavailable("the service is busy with other large images; retry shortly",
-                                  retry_after=5)
+                                  retry_after=5, reason="memory_budget")
             self.used += nbytes
             self.peak = max(self.peak, self.used)
         try:

@@ -14,6 +14,7 @@ from u2net.runtime import ModelRuntime, Overloaded, TimedOut
 import Image_PostProcesser as post
 from GlobalVariables import Settings
 
+from . import telemetry
 from .errors import BadRequest, Unavailable
 from .fields import shown
 from .imageio import (
@@ -145,22 +146,28 @@ class BackgroundRemover:
             if rt.error:
                 raise Unavailable(f"the model {rt.spec.name} has failed ({rt.error}); this worker "
                                   "will not recover and should be restarted: see the service log",
-                                  retry_after=30)
+                                  retry_after=30, reason="failed")
             if not rt.ready:
                 raise Unavailable(f"the model {rt.spec.name} is still loading; retry shortly",
-                                  retry_after=5)
+                                  retry_after=5, reason="not_ready")
 
     def mask(self, image: DecodedImage, runtime: ModelRuntime | None = None,
              timings: dict | None = None) -> np.ndarray:
         """The 8-bit mask of `runtime` (default: the default model) at the image's size;
         Unavailable when overloaded."""
         runtime = runtime or self.runtime
+        depth = telemetry.QUEUE_DEPTH.labels(runtime.spec.name)
+        depth.inc()
         try:
             return runtime.mask_for(image.rgb, timeout=self.request_timeout_s, timings=timings)
         except Overloaded as exc:
-            raise Unavailable(f"the service is busy: {exc}; retry shortly", retry_after=2) from None
+            raise Unavailable(f"the service is busy: {exc}; retry shortly", retry_after=2,
+                              reason="queue_full") from None
         except TimedOut:
-            raise Unavailable("the model did not answer in time; retry shortly", retry_after=5) from None
+            raise Unavailable("the model did not answer in time; retry shortly", retry_after=5,
+                              reason="timeout") from None
+        finally:
+            depth.dec()
 
     def warm_up(self, width: int = 1920, height: int = 1080, model: str | None = None) -> None:
         """Run a synthetic photo through every stage but the write, so that the first real
@@ -217,6 +224,7 @@ class BackgroundRemover:
             del pixels, image
             if deliver is not None:
                 deliver(rendered)
+        telemetry.cut_out(runtime.spec.name, width * height, watch.ms)
         return rendered
 
     def remove_paths(self, root: SharedRoot, job: PathJob) -> PathResult:

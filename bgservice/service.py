@@ -15,6 +15,7 @@ from u2net.runtime import ModelRuntime
 
 from GlobalVariables import Settings, SettingsError
 
+from . import telemetry
 from .paths import SharedRoot
 from .pipeline import BackgroundRemover
 
@@ -50,6 +51,43 @@ def open_shared_root(settings: Settings) -> SharedRoot:
     return root
 
 
+def _measure(runtime: ModelRuntime) -> None:
+    """The runtime's batch sizes go to the metrics."""
+    histogram = telemetry.BATCH_SIZE.labels(runtime.spec.name)
+    runtime.set_batch_observer(histogram.observe)
+
+
+def _load_all(settings: Settings) -> tuple[list[ModelRuntime], BackgroundRemover]:
+    """Every served model loaded, and the remover over them; ModelLoadError (logged, nothing
+    left open) when one cannot be."""
+    runtimes: list[ModelRuntime] = []
+    try:
+        for name, weights in settings.served_models:
+            runtimes.append(ModelRuntime.load(settings.runtime_options(name, weights)))
+        try:
+            return runtimes, BackgroundRemover.from_settings(runtimes, settings)
+        except ValueError as exc:  # two models with one name (a custom model's, say)
+            raise ModelLoadError(str(exc)) from None
+    except ModelLoadError as exc:
+        log.error("refusing to start: %s", exc)
+        for loaded in runtimes:
+            loaded.close()
+        raise
+
+
+def _start(runtime: ModelRuntime, remover: BackgroundRemover, background: bool,
+           warm_up_pipeline: bool) -> None:
+    """Warm `runtime` up (and the pipeline with it, if asked), then report it to the metrics."""
+    _measure(runtime)
+
+    def warm() -> None:
+        if warm_up_pipeline:
+            remover.warm_up(model=runtime.spec.name)
+        telemetry.model_ready(runtime.info(), runtime.load_seconds)
+
+    runtime.start(background=background, then=warm)
+
+
 def assemble(settings: Settings, runtime: ModelRuntime | Sequence[ModelRuntime] | None = None, *,
              shared_root: bool = True, background: bool = True,
              warm_up_pipeline: bool = True) -> Service:
@@ -63,21 +101,12 @@ def assemble(settings: Settings, runtime: ModelRuntime | Sequence[ModelRuntime] 
     root = open_shared_root(settings) if shared_root else None
     if runtime is not None:
         given = (runtime,) if isinstance(runtime, ModelRuntime) else tuple(runtime)
+        for loaded in given:
+            _measure(loaded)
+            if loaded.ready:
+                telemetry.model_ready(loaded.info(), loaded.load_seconds)
         return Service(settings, root, given, BackgroundRemover.from_settings(given, settings))
-    runtimes: list[ModelRuntime] = []
-    try:
-        for name, weights in settings.served_models:
-            runtimes.append(ModelRuntime.load(settings.runtime_options(name, weights)))
-        try:
-            remover = BackgroundRemover.from_settings(runtimes, settings)
-        except ValueError as exc:  # two models with one name (a custom model's, say)
-            raise ModelLoadError(str(exc)) from None
-    except ModelLoadError as exc:
-        log.error("refusing to start: %s", exc)
-        for loaded in runtimes:
-            loaded.close()
-        raise
+    runtimes, remover = _load_all(settings)
     for loaded in runtimes:
-        warm = (lambda name=loaded.spec.name: remover.warm_up(model=name)) if warm_up_pipeline else None
-        loaded.start(background=background, then=warm)
+        _start(loaded, remover, background, warm_up_pipeline)
     return Service(settings, root, tuple(runtimes), remover)

@@ -140,6 +140,11 @@ def _spec(settings, max_batch_jobs: int, max_json_bytes: int, models: tuple[str,
                                       "content": image_types},
                               **_errors(400, 401, 413, 422, 500, 503)},
             }},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4), every "
+                                            "worker's merged", "responses": {
+                "200": {"description": "Requests, stage latencies, queue depth, batch sizes, "
+                                       "images, refusals, model load and warm-up times",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/health": {"get": {"summary": "The process is alive (liveness)", "responses": {
                 "200": {"description": "Alive, serving or still warming up", "content": {
                     "application/json": {"schema": {
