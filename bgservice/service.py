@@ -6,6 +6,7 @@ serve with `assemble`, so the runtime and the remover are put together one way o
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,11 +80,13 @@ def _start(runtime: ModelRuntime, remover: BackgroundRemover, background: bool,
            warm_up_pipeline: bool) -> None:
     """Warm `runtime` up (and the pipeline with it, if asked), then report it to the metrics."""
     _measure(runtime)
+    started = time.perf_counter()
 
     def warm() -> None:
         if warm_up_pipeline:
             remover.warm_up(model=runtime.spec.name)
-        telemetry.model_ready(runtime.info(), runtime.load_seconds)
+        telemetry.model_ready(runtime.info(), runtime.load_seconds,
+                              warmup_seconds=time.perf_counter() - started)
 
     runtime.start(background=background, then=warm)
 

@@ -48,14 +48,17 @@ MODEL_INFO = Gauge("u2net_model_info", "1 for each model served, with how it run
                    ["model", "engine", "device", "precision"], multiprocess_mode="max")
 
 
-def model_ready(info: dict, load_seconds: float | None) -> None:
-    """A model finished warming up (ModelRuntime.info())."""
+def model_ready(info: dict, load_seconds: float | None,
+                warmup_seconds: float | None = None) -> None:
+    """A model finished warming up (ModelRuntime.info(); the warm-up's seconds, pipeline
+    included, when known)."""
     name = info["model"]
     MODEL_INFO.labels(name, info["engine"], info["device"], info["precision"]).set(1)
     if load_seconds is not None:
         MODEL_LOAD_SECONDS.labels(name).set(load_seconds)
-    if info.get("warmup_seconds") is not None:
-        MODEL_WARMUP_SECONDS.labels(name).set(info["warmup_seconds"])
+    warmup_seconds = warmup_seconds if warmup_seconds is not None else info.get("warmup_seconds")
+    if warmup_seconds is not None:
+        MODEL_WARMUP_SECONDS.labels(name).set(warmup_seconds)
 
 
 def cut_out(model: str, pixels: int, stages_ms: dict) -> None:

@@ -92,5 +92,6 @@ def test_two_gunicorn_workers_report_one_merged_view(sandbox, random_weights):
                     if x.startswith('u2net_requests_total{route="/remove-background",status="200"}'))
         assert float(line.split()[-1]) == 6, log[-2000:]
     promtool_check(texts[0])
+    assert 'u2net_model_warmup_seconds{model="u2netp"}' in texts[0]
     info = [x for x in texts[0].splitlines() if x.startswith("u2net_model_info{")]
     assert info and all('model="u2netp"' in x and x.endswith(" 1.0") for x in info), info
