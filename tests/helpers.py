@@ -56,6 +56,20 @@ def start_server(env_overrides: dict, app: str | None = None) -> tuple[subproces
     return proc, port
 
 
+@contextlib.contextmanager
+def u2netp_server(root: Path, weights: Path, **env: str):
+    """The production server with u2netp `weights` on shared root `root`, ready: yields
+    (base URL, a list that receives the server's whole output once it has stopped)."""
+    proc, port = start_server({"OpenClone_OpenCloneFS": str(root), "U2NET_MODEL": "u2netp",
+                               "U2NET_WEIGHTS": str(weights), **env})
+    base, output = f"http://127.0.0.1:{port}", []
+    try:
+        wait_until_ready(proc, base)
+        yield base, output
+    finally:
+        output.append(stop(proc))
+
+
 def stop(proc: subprocess.Popen) -> str:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)

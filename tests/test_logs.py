@@ -7,7 +7,7 @@ import re
 
 import pytest
 from conftest import photo, save_image
-from helpers import start_server, stop, wait_until_ready
+from helpers import u2netp_server
 
 from bgservice.logs import JsonFormatter, RequestIdFilter, incoming_or_new, request_id
 
@@ -81,18 +81,13 @@ def test_log_format_json_makes_every_line_of_the_production_server_json(sandbox,
     lines carry its id."""
     import requests
 
-    proc, port = start_server({"OpenClone_OpenCloneFS": str(sandbox["root"]), "LOG_FORMAT": "json",
-                               "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights)})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(proc, base)
+    with u2netp_server(sandbox["root"], random_weights, LOG_FORMAT="json") as (base, output):
         save_image(sandbox["root"] / "in.png", photo(80, 60))
         reply = requests.post(f"{base}/remove-background", headers={"X-Request-ID": "site-1"},
                               json={"sourceImagePath": "/in.png", "outputImagePath": "/o.png"},
                               timeout=60)
         assert reply.status_code == 200 and reply.headers["X-Request-ID"] == "site-1"
-    finally:
-        log = stop(proc)
+    log = output[0]
     entries = [json.loads(line) for line in log.splitlines() if line.strip()]
     assert any(e["logger"] == "gunicorn.error" for e in entries)  # gunicorn's own, as JSON
     tagged = [e for e in entries if e.get("request_id") == "site-1"]

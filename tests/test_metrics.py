@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import requests
 from conftest import make_settings, photo, save_image
-from helpers import start_server, stop, wait_until_ready
+from helpers import u2netp_server
 from prometheus_client import REGISTRY
 from u2net.runtime import ModelRuntime
 
@@ -72,11 +72,7 @@ def test_refusals_are_counted_by_reason(sandbox, random_weights):
 @pytest.mark.slow
 def test_two_gunicorn_workers_report_one_merged_view(sandbox, random_weights):
     """Multiprocess mode: whichever worker answers /metrics, it counts every worker's requests."""
-    proc, port = start_server({"OpenClone_OpenCloneFS": str(sandbox["root"]), "WEB_CONCURRENCY": "2",
-                               "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights)})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(proc, base)
+    with u2netp_server(sandbox["root"], random_weights, WEB_CONCURRENCY="2") as (base, output):
         save_image(sandbox["root"] / "in.png", photo(120, 90))
         for i in range(6):  # new connections: gunicorn spreads them over both workers
             reply = requests.post(f"{base}/remove-background", timeout=60, headers={
@@ -85,8 +81,7 @@ def test_two_gunicorn_workers_report_one_merged_view(sandbox, random_weights):
             assert reply.status_code == 200
         texts = [requests.get(f"{base}/metrics", timeout=10, headers={"Connection": "close"}).text
                  for _ in range(4)]
-    finally:
-        log = stop(proc)
+    log = output[0]
     for text in texts:
         line = next(x for x in text.splitlines()
                     if x.startswith('u2net_requests_total{route="/remove-background",status="200"}'))
