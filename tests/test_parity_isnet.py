@@ -35,6 +35,21 @@ def isnet_weights(tmp_path_factory) -> Path:
     return weights
 
 
+@pytest.fixture(scope="module")
+def isnet_as_custom(tmp_path_factory) -> Path:
+    """The shared IS-Net export as a custom model (u2net/custom.py): a link to the file, read in
+    place, with its description beside the link."""
+    import json
+
+    folder = tmp_path_factory.mktemp("custom-isnet")
+    link = folder / "isnet-imgly.onnx"
+    link.symlink_to(shared_path("models", "isnet", "isnet-imgly.onnx"))
+    (folder / "isnet-imgly.onnx.json").write_text(json.dumps({
+        "input_size": 1024, "resize": "bilinear", "mean": [0.5, 0.5, 0.5], "std": [1, 1, 1],
+        "output": 0, "sigmoid": False, "normalise": "minmax", "licence": "Apache-2.0"}))
+    return link
+
+
 @pytest.fixture(scope="module", params=["fp32", "bf16"])
 def isnet(request, isnet_weights) -> ModelRuntime:
     """The model in exact fp32, and in centred bf16 (what U2NET_PRECISION=auto may choose on a CPU
@@ -96,17 +111,17 @@ def test_isnets_resize_is_the_authors():
     assert (np.abs(ours - reference) > 1e-6).mean() < 0.01
 
 
-def test_refine_with_isnets_parameters_beats_its_plain_mask_at_the_edges(isnet_weights):
+def test_refine_with_isnets_parameters_beats_its_plain_mask_at_the_edges(isnet_as_custom):
     """Issue 11's target on ../shared/data/alphamatting (trimap's unknown region): IS-Net's refine
     (its own parameters, registry ModelSpec.refine) at least as good as soft on SAD and gradient
     error. Measured (bf16 of an earlier session): SAD 17.76 against 17.90, gradient 20.92 against
-    22.11. Run in fp32 with ONNX Runtime here, the fastest exact engine for this check."""
+    22.11. The masks come from the shared export run as a custom model (fp32, ONNX Runtime: no
+    export to make first), which gives the native model's masks (the test below)."""
     import Image_PostProcesser as post
     from bgservice.evaluate import ModeSpec, evaluate, summarise
 
     spec = get_spec("isnet-general-use")
-    rt = ModelRuntime.load(RuntimeOptions(model=spec.name, weights=isnet_weights, device="cpu",
-                                          precision="fp32", warmup_runs=0))
+    rt = ModelRuntime.load(RuntimeOptions(model=str(isnet_as_custom), device="cpu", warmup_runs=0))
     try:
         rows, _, _ = evaluate(shared_path("data", "alphamatting"),
                               [ModeSpec.parse("soft"), ModeSpec.parse("refine")], rt.mask_for,
@@ -119,19 +134,13 @@ def test_refine_with_isnets_parameters_beats_its_plain_mask_at_the_edges(isnet_w
     assert mean["refine"]["grad_unknown"] <= mean["soft"]["grad_unknown"]
 
 
-def test_the_shared_onnx_file_described_as_a_custom_model_gives_the_native_masks(tmp_path,
-                                                                                 isnet_weights):
+def test_the_shared_onnx_file_described_as_a_custom_model_gives_the_native_masks(
+        isnet_as_custom, isnet_weights):
     """Issue 12: the rembg IS-Net export, run as a custom model (read in place through a link,
     with its description beside the link), against the native ISNetDIS in fp32 on the authors'
     demo photos. Measured: identical except at most a level of 1/255 at a few pixels."""
-    import json
-
-    link = tmp_path / "isnet-imgly.onnx"
-    link.symlink_to(shared_path("models", "isnet", "isnet-imgly.onnx"))
-    (tmp_path / "isnet-imgly.onnx.json").write_text(json.dumps({
-        "input_size": 1024, "resize": "bilinear", "mean": [0.5, 0.5, 0.5], "std": [1, 1, 1],
-        "output": 0, "sigmoid": False, "normalise": "minmax", "licence": "Apache-2.0"}))
-    custom = ModelRuntime.load(RuntimeOptions(model=str(link), device="cpu", warmup_runs=1))
+    custom = ModelRuntime.load(RuntimeOptions(model=str(isnet_as_custom), device="cpu",
+                                              warmup_runs=1))
     native = ModelRuntime.load(RuntimeOptions(model="isnet-general-use", weights=isnet_weights,
                                               device="cpu", engine="torch", precision="fp32",
                                               warmup_runs=1))
