@@ -213,7 +213,7 @@ def api_remove():
         "X-Source-Size": f"{rendered.source_width}x{rendered.source_height}",
         "X-Bounding-Box": bbox,
         "X-Mode": "mask" if options.only_mask else options.mode,
-        "X-Model": state.remover.runtime_for(options.model).spec.name,
+        "X-Model": rendered.model,
         "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in rendered.timings_ms.items()),
         "Content-Disposition": f'inline; filename="cutout.{options.format}"',
     })

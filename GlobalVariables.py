@@ -53,13 +53,23 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
-def _model(env: Mapping[str, str], name: str, default: str) -> str:
-    """A registry name, or the path of a custom ONNX model (u2net/custom.py)."""
-    value = env.get(name, "").strip() or default
+def checked_model(value: str, variable: str) -> str:
+    """`value` if it is a registry name or the path of a custom ONNX model (u2net/custom.py)."""
     if value not in MODELS and not is_custom_model(value):
-        raise SettingsError(f"{name} must be one of {', '.join(MODELS)}, or the path of an .onnx "
-                            f"file with its .onnx.json description beside it; got {value!r}")
+        raise SettingsError(f"{variable} must be one of {', '.join(MODELS)}, or the path of an "
+                            f".onnx file with its .onnx.json description beside it; got {value!r}")
     return value
+
+
+def model_entry(text: str, variable: str) -> tuple[str, Path | None]:
+    """'NAME' or 'NAME=WEIGHTS' (an entry of U2NET_MODELS, `bgremove evaluate --model`): the
+    model, checked, and its own weights file if it names one."""
+    name, _, weights = (part.strip() for part in text.partition("="))
+    return checked_model(name, variable), Path(weights).expanduser() if weights else None
+
+
+def _model(env: Mapping[str, str], name: str, default: str) -> str:
+    return checked_model(env.get(name, "").strip() or default, name)
 
 
 def _models(env: Mapping[str, str], default: str) -> dict:
@@ -73,11 +83,7 @@ def _models(env: Mapping[str, str], default: str) -> dict:
     listed = [e.strip() for e in env.get("U2NET_MODELS", "").split(",") if e.strip()]
     if not listed:
         return {"model": single, "weights": weights}
-    entries = []
-    for entry in listed:
-        name, _, path = (part.strip() for part in entry.partition("="))
-        entries.append((_model({"U2NET_MODELS": name}, "U2NET_MODELS", default),
-                        Path(path).expanduser() if path else None))
+    entries = [model_entry(entry, "U2NET_MODELS") for entry in listed]
     names = [name for name, _ in entries]
     if len(set(names)) != len(names):
         raise SettingsError(f"U2NET_MODELS names a model twice: {', '.join(names)}")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .engine import onnx_session
 from .registry import ModelLoadError, ModelSpec
 from .transforms import normalise_prediction
 
@@ -150,15 +151,8 @@ class CustomOnnxPredictor:
 
     def __init__(self, onnx_path: Path, spec: ModelSpec, output: CustomOutput,
                  device: torch.device, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see OnnxPredictor
         try:
-            self.session = ort.InferenceSession(str(onnx_path), options,
-                                                providers=providers_for(device))
+            self.session = onnx_session(str(onnx_path), providers_for(device), threads)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise CustomModelError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from None
         ran_on = self.session.get_providers()[0]

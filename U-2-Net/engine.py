@@ -181,16 +181,16 @@ class TorchPredictor:
         self.compiled = False
 
     @torch.inference_mode()
-    def _masks(self, x: torch.Tensor) -> np.ndarray:
-        return _postprocess(self.net(x, fused_only=True)[:, 0].float().cpu().numpy())
+    def _masks(self, x: torch.Tensor, forward: Callable | None = None) -> np.ndarray:
+        """Masks for a channels-last batch on the device, by `forward` (default: the eager net)."""
+        d0 = (forward or self.net)(x, fused_only=True)
+        return _postprocess(d0[:, 0].float().cpu().numpy())
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 -> (N, S, S) float32 in [0, 1], min-max normalised per image."""
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
-        d0 = self._forward(x, fused_only=True)
-        return _postprocess(d0[:, 0].float().cpu().numpy())
+        return self._masks(x.contiguous(memory_format=torch.channels_last), self._forward)
 
 
 class _FusedOutput(torch.nn.Module):
@@ -247,24 +247,29 @@ def onnx_model_bytes(build: Callable[[], U2Net], input_size: int, cache_dir: Pat
     return data
 
 
+def onnx_session(model: bytes | str, providers: list | None = None, threads: int | None = None):
+    """An ONNX Runtime session the way the service runs every ONNX model (its own exports and
+    custom models): all graph optimisations, torch's thread count, CPU unless `providers` says."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    # No busy-waiting after a run: spinning threads steal the cores that decode and encode
+    # need next (measured at 12 MP in the server: encode ~200 -> ~150 ms; forward ~3 % slower).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
+
+
 class OnnxPredictor:
     """The same network run by ONNX Runtime on CPU (exact fp32, faster than eager PyTorch)."""
 
     engine = "onnxruntime"
 
     def __init__(self, model_bytes: bytes, precision: str = "fp32", threads: int | None = None):
-        import onnxruntime as ort
-
         if precision != "fp32":
             raise ValueError("the onnxruntime engine runs fp32 only")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        # No busy-waiting after a run: spinning threads steal the cores that decode and encode
-        # need next (measured at 12 MP in the server: encode ~200 -> ~150 ms; forward ~3 % slower).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(model_bytes, options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = onnx_session(model_bytes, threads=threads)
         self.device = torch.device("cpu")
         self.precision = precision
         self.provider = "CPUExecutionProvider"

@@ -151,9 +151,11 @@ RACE_ROUNDS = 3  # timed forwards per candidate at warm-up, alternating (after a
 class ModelRuntime:
     def __init__(self, spec: ModelSpec, weights_path: Path, predictor: Predictor,
                  options: RuntimeOptions,
-                 weights_sha256: str | None = None, rivals: tuple[Predictor, ...] = ()):
+                 weights_sha256: str | None = None, rivals: tuple[Predictor, ...] = (),
+                 load_seconds: float | None = None):
         """`rivals`: other predictors for the same network; warm-up times them all against
-        `predictor` and keeps the fastest (engine.candidates)."""
+        `predictor` and keeps the fastest (engine.candidates). `load_seconds`: what loading took
+        (load measures it; reported to the metrics)."""
         self.spec = spec
         self.weights_path = weights_path
         self.predictor: Predictor = predictor
@@ -161,7 +163,7 @@ class ModelRuntime:
         self.engine_timings: dict[str, float] | None = None  # ms per candidate, if there was a race
         self.compile_seconds: float | None = None  # the first forward of a compiled predictor
         self.cpu_amx = cpu_has_amx()  # read once: /model-info is asked often
-        self.load_seconds: float | None = None  # set by load
+        self.load_seconds = load_seconds
         self._batch_observer: Callable[[int], None] | None = None
         self.options = options
         self.weights_sha256 = weights_sha256 or file_digest(weights_path)
@@ -195,14 +197,13 @@ class ModelRuntime:
         device = choose_device(options.device)
         predictor, *rivals = _load_predictors(spec, path, sha256, device, options)
         release_free_memory()  # the PyTorch copy and the export are garbage now
-        seconds = time.perf_counter() - started
+        runtime = cls(spec, path, predictor, options, sha256, tuple(rivals),
+                      round(time.perf_counter() - started, 3))
         log.info("loaded %s (%s) from %s (sha256 %s) on %s (AMX: %s) with %s in %.2f s%s",
                  spec.name, spec.architecture, path, sha256, describe_device(device),
-                 "yes" if cpu_has_amx() else "no",
+                 "yes" if runtime.cpu_amx else "no",
                  " or ".join(_label(p) for p in (predictor, *rivals)),
-                 seconds, "; warm-up times them" if rivals else "")
-        runtime = cls(spec, path, predictor, options, sha256, tuple(rivals))
-        runtime.load_seconds = round(seconds, 3)
+                 runtime.load_seconds, "; warm-up times them" if rivals else "")
         return runtime
 
     @classmethod
@@ -216,12 +217,11 @@ class ModelRuntime:
         started = time.perf_counter()
         predictor = CustomOnnxPredictor(path, spec, output, choose_device(options.device))
         sha256 = file_digest(path)
-        seconds = time.perf_counter() - started
+        runtime = cls(spec, path, predictor, options, sha256,
+                      load_seconds=round(time.perf_counter() - started, 3))
         log.info("loaded custom model %s from %s (sha256 %s) on %s with ONNX Runtime (%s) in "
                  "%.2f s", spec.name, path, sha256, describe_device(predictor.device),
-                 predictor.provider, seconds)
-        runtime = cls(spec, path, predictor, options, sha256)
-        runtime.load_seconds = round(seconds, 3)
+                 predictor.provider, runtime.load_seconds)
         return runtime
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -254,9 +254,10 @@ class ModelRuntime:
         try:
             started = time.perf_counter()
             if self._rivals or getattr(self.predictor, "compiled", False):
-                self._first_forwards()
-            if self._rivals:
-                self._keep_fastest()
+                calibration = calibration_input(self.spec)  # made once: an FFT per channel
+                self._first_forwards(calibration)
+                if self._rivals:
+                    self._keep_fastest(calibration)
             size = self.spec.input_size
             dummy = np.zeros((size, size, 3), dtype=np.uint8)
             dummy[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 200
@@ -281,10 +282,9 @@ class ModelRuntime:
             log.exception("warm-up failed; the model will never report ready")
             self._fail(f"warm-up failed: {exc}")
 
-    def _first_forwards(self) -> None:
-        """One untimed forward per candidate: a compiled one compiles here (measured), or runs
-        eagerly from now on if compiling fails."""
-        x = calibration_input(self.spec)
+    def _first_forwards(self, x: np.ndarray) -> None:
+        """One untimed forward of `x` per candidate: a compiled one compiles here (measured), or
+        runs eagerly from now on if compiling fails."""
         for predictor in (self.predictor, *self._rivals):
             started = time.perf_counter()
             try:
@@ -300,10 +300,9 @@ class ModelRuntime:
                 self.compile_seconds = round(time.perf_counter() - started, 2)
                 log.info("%s compiled in %.1f s", _label(predictor), self.compile_seconds)
 
-    def _keep_fastest(self) -> None:
-        """Time every candidate on the calibration input, alternating (a shared machine's speed
-        drifts), and keep the one with the lowest median."""
-        x = calibration_input(self.spec)
+    def _keep_fastest(self, x: np.ndarray) -> None:
+        """Time every candidate on `x`, alternating (a shared machine's speed drifts), and keep
+        the one with the lowest median."""
         contenders = [self.predictor, *self._rivals]
         times: list[list[float]] = [[] for _ in contenders]
         for _ in range(RACE_ROUNDS):

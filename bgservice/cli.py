@@ -23,7 +23,7 @@ from u2net.atomic import atomic_write
 from u2net.registry import MODELS, ModelLoadError, Source, UnknownModel, get_spec, source_kind
 from u2net.weights import default_weights_path, download
 
-from GlobalVariables import Settings, SettingsError, configure_logging
+from GlobalVariables import Settings, SettingsError, configure_logging, model_entry
 
 from .fields import MODEL, OPTIONS
 
@@ -110,12 +110,12 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     composites = (args.composites if args.composites is not None
                   else (args.data / "alphas").is_dir())
     # Several models in one run: --model NAME or --model NAME=WEIGHTS, repeatable.
-    models = [m.partition("=") for m in (args.model or [settings.model])]
+    models = [model_entry(m, "--model") for m in (args.model or [settings.model])]
     rows, sheet, worst = [], [], WorstEdges()
-    for name, _, weights in models:
-        service = _load_service(settings, name, Path(weights) if weights else args.weights)
+    for name, weights in models:
+        service = _load_service(settings, name, weights or args.weights)
         runtime = service.runtime
-        label = (f"{name}:{Path(weights).stem}/" if weights else f"{name}/") if len(models) > 1 else ""
+        label = (f"{name}:{weights.stem}/" if weights else f"{name}/") if len(models) > 1 else ""
         these, _, these_sheet = evaluate(args.data, modes, runtime.mask_for, label=label,
                                          refine=service.remover.refine,
                                          composites=composites, limit=args.limit, worst=worst)

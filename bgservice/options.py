@@ -46,6 +46,7 @@ class Rendered:
     source_height: int
     bbox: tuple[int, int, int, int] | None  # subject box in the input image: x, y, w, h
     timings_ms: dict
+    model: str  # the served model that made the mask
 
 
 def resolve_mode(mode: object, threshold: int | None, default_mode: str) -> tuple[str, int | None]:

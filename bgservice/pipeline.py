@@ -102,7 +102,6 @@ class BackgroundRemover:
         self.threshold_edges = threshold_edges
         # each model's own refine values
         self.refines = {name: post.refine_params(rt.spec.refine) for name, rt in self.runtimes.items()}
-        self.refine = self.refines[self.runtime.spec.name]  # the default model's
         self.max_image_pixels = max_image_pixels
         self.max_source_bytes = max_source_bytes
         self.request_timeout_s = request_timeout_s
@@ -110,6 +109,11 @@ class BackgroundRemover:
         self.admission = Admission(sum(rt.options.max_queue + rt.max_batch for rt in served))
         self.memory = MemoryBudget(memory_budget_bytes, memory_wait_s,
                                    set_aside=PILLOW_BLOCK_CACHE_BYTES)
+
+    @property
+    def refine(self) -> post.RefineParams:
+        """The default model's refine values."""
+        return self.refines[self.runtime.spec.name]
 
     @classmethod
     def from_settings(cls, runtimes: ModelRuntime | Sequence[ModelRuntime],
@@ -220,7 +224,7 @@ class BackgroundRemover:
             with watch.stage("encode"):
                 encoded = encode_output(pixels, options.format)
             rendered = Rendered(encoded, options.content_type, pixels.shape[1], pixels.shape[0],
-                                width, height, bbox, watch.ms)
+                                width, height, bbox, watch.ms, runtime.spec.name)
             del pixels, image
             if deliver is not None:
                 deliver(rendered)
@@ -245,5 +249,5 @@ class BackgroundRemover:
 
             rendered = self._render(runtime, src.data, job.options, ticket, False, watch,
                                     deliver=write)
-        return PathResult(job, rendered.width, rendered.height, runtime.spec.name,
+        return PathResult(job, rendered.width, rendered.height, rendered.model,
                           len(rendered.data), watch.ms)
