@@ -99,3 +99,18 @@ def test_the_banded_upsampling_of_refine_equals_opencvs_resize(small, large):
     for rows, top, bottom, fy in post.vertical_runs(small[0], large[0]):
         banded[rows] = wide[top] * (1 - fy) + wide[bottom] * fy
     assert np.abs(banded - whole).max() < 1e-5
+
+
+@pytest.mark.parametrize("small, large", [((9, 7), (1080, 1920)), ((37, 53), (170, 240)),
+                                          ((1, 3), (4, 9)), ((300, 2), (301, 700))])
+def test_sampling_the_background_at_edge_pixels_equals_opencvs_resize(small, large):
+    """refine unmixes colours at the edge pixels only; the background it reads there is what
+    cv2.resize(INTER_LINEAR) of the small estimate would give at those pixels (any count of
+    them: cv2.remap's maps are limited to 32767 rows)."""
+    rng = np.random.default_rng(1)
+    coarse = rng.random((*small, 3), dtype=np.float32)
+    whole = cv2.resize(coarse, large[::-1], interpolation=cv2.INTER_LINEAR)
+    ys, xs = np.nonzero(rng.random(large) < 0.4)
+    got = post._upsampled_at(coarse, ys, xs, small[0] / large[0], small[1] / large[1])
+    assert got.shape == (ys.size, 3)
+    assert np.abs(got - whole[ys, xs]).max() < 1e-4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import cv2
 import numpy as np
 import pytest
 from helpers import blurred_disc_scene
@@ -180,3 +181,53 @@ def test_stray_alpha_counts_only_what_lies_well_outside_the_subject():
     assert metrics.stray_alpha(pred, gt) == 0
     pred[2:6, 2:7] = 0.5  # a fragment far away: 20 pixels at 0.5
     assert metrics.stray_alpha(pred, gt) == pytest.approx(10 / 1000)
+
+
+def test_unmixing_gives_the_subjects_own_colours_back_over_a_known_background():
+    """With the true alpha and background, F = (I - (1 - a) B) / a is the subject's colour at
+    every semi-transparent pixel (up to 8-bit rounding, amplified by 1/a), where the photo's pixel
+    is a mix of subject and background; opaque and transparent pixels are left alone."""
+    rgb, _, alpha, fg = blurred_disc_scene()
+    alpha8 = np.clip(np.rint(alpha * 255), 0, 255).astype(np.uint8)
+    background = np.empty((10, 10, 3), np.float32)
+    background[:] = (0.1, 0.3, 0.9)  # blurred_disc_scene's
+    fg8 = np.zeros_like(rgb)
+    post._unmix_edges(rgb, alpha8, fg8, background)
+    edge = (alpha8 >= 26) & (alpha8 < 255)  # at least _UNMIX_FROM: unmixed, not blended
+    assert np.abs(fg8 / 255 - fg)[edge].mean() < 0.005
+    assert np.abs(rgb / 255 - fg)[edge].mean() > 0.2  # the photo's own pixels are far off
+    assert not fg8[(alpha8 == 0) | (alpha8 == 255)].any()
+
+
+def test_unmixing_keeps_blur_fusions_colour_where_the_unmixed_one_is_impossible():
+    """An alpha far too low makes F = (I - (1 - a) B) / a fall outside [0, 1]: there the colour
+    estimated by blur-fusion is kept (here: what fg8 held), not a clipped, saturated one."""
+    rgb = np.full((8, 8, 3), (200, 180, 60), np.uint8)  # pure subject colour
+    alpha8 = np.full((8, 8), 64, np.uint8)  # but alpha says a quarter
+    background = np.full((2, 2, 3), (0.1, 0.3, 0.9), np.float32)
+    fg8 = np.full_like(rgb, 77)
+    post._unmix_edges(rgb, alpha8, fg8, background)
+    assert (fg8 == 77).all()
+    alpha8[:] = 250  # nearly right: unmixed
+    post._unmix_edges(rgb, alpha8, fg8, background)
+    assert np.abs(fg8.astype(int) - rgb).max() <= 3
+
+
+def test_refine_adds_no_alpha_away_from_the_mask_and_cuts_no_holes_where_it_is_sure():
+    """The bound: a bright edge of the old background just beyond the model's subject gets
+    almost no alpha (no streaks or fragments), and a dark stripe inside, where the mask is sure,
+    cuts no hole. Unbounded, the guided filter does both (the second half shows it)."""
+    rng = np.random.default_rng(3)
+    rgb = np.full((200, 200, 3), 40, np.uint8)
+    rgb += rng.integers(0, 8, rgb.shape, dtype=np.uint8)
+    rgb[40:160, 40:100] = (230, 200, 170)  # the subject
+    rgb[60:140, 50:56] = 40  # a stripe on it as dark as the background
+    rgb[20:180, 104:112] = (235, 205, 175)  # the old background's bright door, 4 px away
+    mask = np.zeros((200, 200), np.uint8)
+    mask[40:160, 40:100] = 255
+    mask = cv2.GaussianBlur(mask, (0, 0), 2)
+    door, stripe = (slice(20, 180), slice(104, 112)), (slice(60, 140), slice(50, 56))
+    alpha = post.refine(rgb, None, mask)[:, :, 3]
+    assert alpha[door].max() < 20 and alpha[stripe].min() == 255
+    unbounded = post.refine(rgb, None, mask, post.RefineParams(bound_frac=0))[:, :, 3]
+    assert unbounded[door].max() > 40 and unbounded[stripe].min() < 250

@@ -22,7 +22,8 @@ def test_refine_meets_the_soft_edge_targets_on_alphamatting(real_u2netp):
     filtered = s[("refine+filter", "mean")]  # the subject filter does not hurt fine mattes
     assert filtered["sad_unknown"] < 1.01 * refine["sad_unknown"], filtered
     assert filtered["grad_unknown"] < 1.01 * refine["grad_unknown"], filtered
-    assert refine["sad_unknown"] < 15.9 and refine["grad_unknown"] < 23.0, refine
+    # measured 15.17 and 22.21 (issue 17: 15.17 and 21.78 before refine was bounded by the mask)
+    assert refine["sad_unknown"] < 15.2 and refine["grad_unknown"] < 22.3, refine
     assert refine["sad_unknown"] < soft["sad_unknown"]
     assert refine["grad_unknown"] < soft["grad_unknown"]
     # the issue's table
@@ -32,6 +33,7 @@ def test_refine_meets_the_soft_edge_targets_on_alphamatting(real_u2netp):
 def test_refine_keeps_davis_iou_at_least_as_good_as_soft(real_u2netp):
     s = stats(shared_path("data", "davis-people"), real_u2netp, ("soft", "refine", "refine+filter"))
     assert s[("refine", "mean")]["iou"] >= s[("soft", "mean")]["iou"]
+    assert s[("refine", "mean")]["iou"] >= 0.640  # measured 0.6407; 0.640 before the bound
     # The subject filter's measured gain (mean IoU 0.6388 -> 0.6431, boundary F 0.553 -> 0.557).
     for metric in ("iou", "boundary_f"):
         assert s[("refine+filter", "mean")][metric] > s[("refine", "mean")][metric]
@@ -42,8 +44,8 @@ def test_refine_keeps_davis_iou_at_least_as_good_as_soft(real_u2netp):
 
 def test_on_portraits_refine_is_never_worse_than_the_plain_mask(real_u2netp):
     """The users' photos (../shared/data/portraits, 30 half-body portraits with fractional
-    mattes): refine at least matches soft on IoU, SAD and gradient error. Measured: IoU 0.966
-    against 0.965, SAD 10.27 against 10.31, gradient 7.42 against 7.64."""
+    mattes): refine at least matches soft on IoU, SAD and gradient error. Measured: IoU 0.965
+    against 0.965, SAD 9.79 against 10.31, gradient 7.62 against 7.64."""
     s = stats(shared_path("data", "portraits"), real_u2netp)  # photos as they are: no composites
     refine, soft = s[("refine", "mean")], s[("soft", "mean")]
     assert refine["iou"] >= soft["iou"] - 1e-3
@@ -54,8 +56,10 @@ def test_on_portrait_composites_refined_threshold_edges_meet_the_websites_target
     """6 portraits put on green and blue (and generated scenes), cut out, composited on grey,
     white and black (bgservice.composites). The website's threshold 200 with
     U2NET_THRESHOLD_EDGES=refined: edge-band error at most 7/255 on the plain backgrounds with
-    IoU at least the hard cut's; refine's error under soft's. Measured (30 portraits, plain
-    backgrounds): refined 6.18, hard 17.1, refine 6.10, soft 10.06."""
+    IoU at least the hard cut's; refine at most 5/255 (the issue's target on all 30 portraits,
+    measured 4.81 there; these 6 measure 5.01, so their bound is 5.1) and under half of soft's.
+    Measured on all 30, plain backgrounds: refine 4.81, refined threshold 5.06, soft 10.06, hard
+    17.1."""
     modes = [ModeSpec.parse(m) for m in ("soft", "refine", "threshold:200",
                                            "threshold:200+refined")]
     rows, _, _ = evaluate(shared_path("data", "portraits"), modes, real_u2netp.mask_for,
@@ -69,4 +73,5 @@ def test_on_portrait_composites_refined_threshold_edges_meet_the_websites_target
     assert mean("threshold:200+refined", "composite_edge") <= 7.0
     assert mean("threshold:200+refined", "iou") >= mean("threshold:200", "iou")
     assert mean("threshold:200+refined", "composite_edge") < 0.5 * mean("threshold:200", "composite_edge")
-    assert mean("refine", "composite_edge") < mean("soft", "composite_edge")
+    assert mean("refine", "composite_edge") <= 5.1
+    assert mean("refine", "composite_edge") < 0.5 * mean("soft", "composite_edge")
