@@ -86,31 +86,31 @@ def test_subject_filter_leaves_single_regions_and_tiny_masks_alone(mask):
     np.testing.assert_array_equal(post.drop_small_regions(mask), mask)
 
 
-@pytest.mark.parametrize("small, large", [((9, 7), (1080, 1920)), ((100, 177), (1080, 1920)),
-                                          ((37, 50), (333, 500)), ((5, 5), (5, 5)), ((1, 3), (4, 9))])
-def test_the_banded_upsampling_of_refine_equals_opencvs_resize(small, large):
-    """refine applies its guided filter's coefficients a run of rows at a time (memory); the rows
-    it builds are those cv2.resize(INTER_LINEAR) would give for the whole image."""
-
-    coarse = np.random.default_rng(0).random((*small, 4), dtype=np.float32)
-    whole = cv2.resize(coarse, large[::-1], interpolation=cv2.INTER_LINEAR)
-    wide = cv2.resize(coarse, (large[1], small[0]), interpolation=cv2.INTER_LINEAR)
-    banded = np.empty_like(whole)
-    for rows, top, bottom, fy in post.vertical_runs(small[0], large[0]):
-        banded[rows] = wide[top] * (1 - fy) + wide[bottom] * fy
-    assert np.abs(banded - whole).max() < 1e-5
-
-
-@pytest.mark.parametrize("small, large", [((9, 7), (1080, 1920)), ((37, 53), (170, 240)),
-                                          ((1, 3), (4, 9)), ((300, 2), (301, 700))])
-def test_sampling_the_background_at_edge_pixels_equals_opencvs_resize(small, large):
-    """refine unmixes colours at the edge pixels only; the background it reads there is what
-    cv2.resize(INTER_LINEAR) of the small estimate would give at those pixels (any count of
-    them: cv2.remap's maps are limited to 32767 rows)."""
+@pytest.mark.parametrize("scale, large", [(11, (1080, 1920)), (3, (170, 241)), (1, (4, 9)),
+                                          (2, (301, 7))])
+def test_shrink_and_enlarge_are_block_averages_and_their_bilinear_inverse(scale, large):
+    """refine's coarse copy: whole blocks of scale x scale pixels averaged (the last few rows and
+    columns left out), and enlarged back with each coarse pixel's centre on its block's centre,
+    the edge extended; sampling that enlargement at chosen pixels (refine unmixes the edge pixels
+    only) gives the same values."""
     rng = np.random.default_rng(1)
-    coarse = rng.random((*small, 3), dtype=np.float32)
-    whole = cv2.resize(coarse, large[::-1], interpolation=cv2.INTER_LINEAR)
+    h, w = large
+    small = (w // scale, h // scale)
+    image = rng.random((h, w, 3), dtype=np.float32)
+    shrunk = post.shrink(image, scale, small)
+    assert shrunk.shape == (h // scale, w // scale, 3)
+    block = image[:scale, :scale].mean(axis=(0, 1))
+    assert np.abs(shrunk[0, 0] - block).max() < 1e-5
+    enlarged = post.enlarge(shrunk, scale, (w, h))
+    assert enlarged.shape == image.shape
+    if scale > 1:  # a block's centre lies between pixels: the mean of the four around it
+        c = scale // 2 if scale % 2 else None
+        if c is not None:
+            assert np.abs(enlarged[c, c] - shrunk[0, 0]).max() < 1e-5
+        np.testing.assert_array_equal(enlarged[:, -1], enlarged[:, (w // scale) * scale - 1])
+        np.testing.assert_array_equal(enlarged[-1], enlarged[(h // scale) * scale - 1])
     ys, xs = np.nonzero(rng.random(large) < 0.4)
-    got = post._upsampled_at(coarse, ys, xs, small[0] / large[0], small[1] / large[1])
+    got = post._enlarged_at(shrunk, scale, ys, xs)
     assert got.shape == (ys.size, 3)
-    assert np.abs(got - whole[ys, xs]).max() < 1e-4
+    assert np.abs(got - enlarged[ys, xs]).max() < 1e-4
+

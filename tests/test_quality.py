@@ -192,7 +192,7 @@ def test_unmixing_gives_the_subjects_own_colours_back_over_a_known_background():
     background = np.empty((10, 10, 3), np.float32)
     background[:] = (0.1, 0.3, 0.9)  # blurred_disc_scene's
     fg8 = np.zeros_like(rgb)
-    post._unmix_edges(rgb, alpha8, fg8, background)
+    post._unmix_edges(rgb, alpha8, fg8, background, 24)
     edge = (alpha8 >= 26) & (alpha8 < 255)  # at least _UNMIX_FROM: unmixed, not blended
     assert np.abs(fg8 / 255 - fg)[edge].mean() < 0.005
     assert np.abs(rgb / 255 - fg)[edge].mean() > 0.2  # the photo's own pixels are far off
@@ -206,10 +206,10 @@ def test_unmixing_keeps_blur_fusions_colour_where_the_unmixed_one_is_impossible(
     alpha8 = np.full((8, 8), 64, np.uint8)  # but alpha says a quarter
     background = np.full((2, 2, 3), (0.1, 0.3, 0.9), np.float32)
     fg8 = np.full_like(rgb, 77)
-    post._unmix_edges(rgb, alpha8, fg8, background)
+    post._unmix_edges(rgb, alpha8, fg8, background, 24)
     assert (fg8 == 77).all()
     alpha8[:] = 250  # nearly right: unmixed
-    post._unmix_edges(rgb, alpha8, fg8, background)
+    post._unmix_edges(rgb, alpha8, fg8, background, 24)
     assert np.abs(fg8.astype(int) - rgb).max() <= 3
 
 
