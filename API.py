@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None,
     """The app for `settings`; `runtime`: already loaded model(s) to serve (tests), the default
     first."""
     settings = settings or Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_db)
     service = assemble(settings, runtime, background=warm_up_in_background)
 
     app = Flask(__name__, static_folder=None)

@@ -5,6 +5,7 @@ Every knob of the service is here, with its environment variable and default. Co
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from u2net.registry import (
     is_device_name,
 )
 
+from bgservice.logdb import DatabaseLogHandler, LogDbConfig, LogDbSettingsError
 from Image_PostProcesser import THRESHOLD_EDGES
 
 
@@ -116,6 +118,13 @@ def _token(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
+def _log_db(env: Mapping[str, str]) -> LogDbConfig | None:
+    try:
+        return LogDbConfig.from_env(env)
+    except LogDbSettingsError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     # Shared filesystem root that request paths are relative to (OpenClone_OpenCloneFS); unset,
@@ -183,6 +192,10 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)  # never in logs
     log_level: str = "INFO"
     log_format: str = "text"  # LOG_FORMAT: text, or json (one object per line, for collectors)
+    # OpenClone's PostgreSQL log database (OpenClone_DB_Host, OpenClone_DB_Port,
+    # OpenClone_LogDB_Name, OpenClone_LogDB_User, OpenClone_LogDB_Password; bgservice.logdb):
+    # when set, the service's log records also go there, as LogWeaver writes them.
+    log_db: LogDbConfig | None = None
     warmup_runs: int = 2
     # The production server (gunicorn_conf.py): workers (WEB_CONCURRENCY), request threads per
     # worker (GUNICORN_THREADS; 0 = auto, see gunicorn_threads), the request timeout
@@ -238,6 +251,7 @@ class Settings:
             api_token=_token(env, "U2NET_API_TOKEN"),
             log_level=level,
             log_format=_choice(env, "LOG_FORMAT", cls.log_format, ("text", "json")),
+            log_db=_log_db(env),
             warmup_runs=_number(env, "U2NET_WARMUP_RUNS", cls.warmup_runs, 0, 100),
             web_concurrency=_number(env, "WEB_CONCURRENCY", cls.web_concurrency, 1, 64),
             threads=_number(env, "GUNICORN_THREADS", cls.threads, 0, 1024),
@@ -279,11 +293,18 @@ class Settings:
                               max_queue=self.max_queue, warmup_runs=self.warmup_runs)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """One log format for the app, gunicorn workers and the CLI: stderr, with the process id and
-    the request's id (bgservice.logs), as text or, with LOG_FORMAT=json, one JSON object a line."""
-    from bgservice.logs import make_handler
+_log_database: DatabaseLogHandler | None = None  # this process's, once configured
 
+
+def configure_logging(level: str = "INFO", fmt: str = "text",
+                      log_db: LogDbConfig | None = None) -> None:
+    """One log format for the app, gunicorn workers and the CLI: stderr, with the process id and
+    the request's id (bgservice.logs), as text or, with LOG_FORMAT=json, one JSON object a line;
+    and with `log_db`, OpenClone's log database too (one writer per process, started here:
+    after gunicorn's fork, in the worker that uses it)."""
+    from bgservice.logs import RequestIdFilter, make_handler
+
+    global _log_database
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_u2net", False)]:
         root.removeHandler(old)
@@ -291,3 +312,21 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler._u2net = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    if _log_database is not None and (log_db is None or _log_database.config != log_db):
+        close_log_database()
+    if log_db is not None:
+        if _log_database is None:
+            _log_database = DatabaseLogHandler(log_db)
+            _log_database.addFilter(RequestIdFilter())
+            atexit.register(close_log_database)
+        root.addHandler(_log_database)
+
+
+def close_log_database(timeout: float = 5.0) -> None:
+    """Writes what the log database's queue holds (within `timeout`) and stops its writer: at
+    exit, and from gunicorn's worker_exit hook on a graceful stop."""
+    global _log_database
+    handler, _log_database = _log_database, None
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close(timeout)

@@ -91,6 +91,13 @@ def post_worker_init(worker):
         runtime.on_failure(stop)
 
 
+def worker_exit(server, worker):
+    """A worker stops (SIGTERM, recycling): what its log database queue holds is written first."""
+    from GlobalVariables import close_log_database
+
+    close_log_database()
+
+
 def child_exit(server, worker):
     """A worker is gone: its live gauges (queue depth) stop counting in /metrics."""
     from prometheus_client import multiprocess
