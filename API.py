@@ -368,9 +368,15 @@ def _register_request_log(app: Flask) -> None:
         g.started = time.perf_counter()
         if request.path != "/api/remove":  # only uploads may be large
             request.max_content_length = MAX_JSON_BYTES
-        token = _state().settings.api_token
+        state = _state()
+        token = state.settings.api_token
         if token and request.path not in PUBLIC_PATHS:
             _check_token(token)
+        # Stopping (SIGTERM, gunicorn_conf.py): requests already running finish; new ones, /ready
+        # included, are refused, so that Kubernetes and nginx send them elsewhere.
+        if state.remover.draining.is_set() and request.path not in ("/health", "/metrics"):
+            raise Unavailable("this worker is stopping; retry shortly (another will answer)",
+                              retry_after=1, reason="draining")
 
     @app.after_request
     def security_headers(response):

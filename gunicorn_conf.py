@@ -6,6 +6,7 @@ imports torch: the master process must never touch CUDA. Each worker builds the 
 the model) itself after fork, because preload_app is off.
 """
 import os
+import signal
 import sys
 import tempfile
 
@@ -87,8 +88,22 @@ def post_worker_init(worker):
                          WORKER_BOOT_ERROR)
         os._exit(WORKER_BOOT_ERROR)
 
-    for runtime in worker.wsgi.extensions["u2net"].runtimes:
+    state = worker.wsgi.extensions["u2net"]
+    for runtime in state.runtimes:
         runtime.on_failure(stop)
+
+    # A clean drain: on SIGTERM the worker refuses new work and /ready answers 503 at once (so
+    # Kubernetes stops routing here), then gunicorn's own handler stops accepting connections
+    # and lets the requests in flight finish (up to graceful_timeout); worker_exit then writes
+    # the log database's queue, and the server exits 0.
+    gunicorns_handler = signal.getsignal(signal.SIGTERM)
+
+    def drain(signum, frame):
+        state.remover.draining.set()
+        if callable(gunicorns_handler):
+            gunicorns_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, drain)
 
 
 def worker_exit(server, worker):

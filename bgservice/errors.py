@@ -42,8 +42,10 @@ class Unavailable(ServiceError):
 
 
 # Why a request got 503: the model's queue is full, the worker admits no more requests, the
-# memory budget has no room, the model is still loading or has failed, or it did not answer in time.
-REFUSAL_REASONS = ("queue_full", "busy", "memory_budget", "not_ready", "failed", "timeout")
+# memory budget has no room, the model is still loading or has failed, it did not answer in time,
+# or the worker is stopping.
+REFUSAL_REASONS = ("queue_full", "busy", "memory_budget", "not_ready", "failed", "timeout",
+                   "draining")
 
 
 class Unauthorized(ServiceError):

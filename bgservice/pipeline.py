@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -109,6 +110,9 @@ class BackgroundRemover:
         self.admission = Admission(sum(rt.options.max_queue + rt.max_batch for rt in served))
         self.memory = MemoryBudget(memory_budget_bytes, memory_wait_s,
                                    set_aside=PILLOW_BLOCK_CACHE_BYTES)
+        # Set on SIGTERM (gunicorn_conf.py): the worker finishes the requests it holds and takes
+        # no new one; /ready says so at once, so that Kubernetes stops routing here (API.py).
+        self.draining = threading.Event()
 
     @property
     def refine(self) -> post.RefineParams:

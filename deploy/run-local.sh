@@ -34,8 +34,11 @@ render "$here/nginx/local.conf" > "$work/nginx.conf"
 
 pids=()
 stop() {
+  # Both stop gracefully: gunicorn on TERM finishes the requests in flight (up to
+  # graceful_timeout), nginx on QUIT finishes relaying them (on TERM it would drop them).
   trap - TERM INT EXIT
-  [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null || true
+  [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[0]}" 2>/dev/null || true
+  [ ${#pids[@]} -gt 1 ] && kill -QUIT "${pids[1]}" 2>/dev/null || true
   wait || true
   rm -rf "$work"
 }

@@ -424,3 +424,19 @@ def test_refined_threshold_edges_change_the_websites_cut_out_and_nothing_else(sa
         if edges == "refined":  # and it is not the hard cut
             assert not np.array_equal(got, post.cut_out(image.rgb, image.alpha, mask, mode, threshold))
     assert client.get("/model-info").json["threshold_edges"] == "refined"
+
+
+def test_a_draining_worker_refuses_new_requests_and_is_not_ready(app, client, sandbox):
+    """After SIGTERM (gunicorn_conf.py sets the flag) /ready is 503 at once and new work is
+    refused with Retry-After; /health and /metrics still answer."""
+    save_image(sandbox["root"] / "in.png", photo(64, 48))
+    app.extensions["u2net"].remover.draining.set()
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and "stopping" in ready.json["error"]
+    reply = client.post("/remove-background", json={"sourceImagePath": "/in.png",
+                                                    "outputImagePath": "/out.png"})
+    assert reply.status_code == 503 and reply.headers["Retry-After"] == "1"
+    assert not (sandbox["root"] / "out.png").exists()
+    assert client.get("/health").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    assert 'u2net_refusals_total{reason="draining"}' in client.get("/metrics").get_data(as_text=True)

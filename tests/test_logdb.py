@@ -175,3 +175,37 @@ def test_a_requests_lines_reach_the_database_with_its_id(pg, config, sandbox, ra
     tagged = [row for row in rows(pg, run) if row[5].endswith("request_id=website-77")]
     assert tagged and all(row[1:3] == (APPLICATION, True) for row in tagged)
     assert any("POST /remove-background -> 200" in row[4] for row in tagged)
+
+
+def test_the_production_server_writes_its_lines_and_flushes_them_on_sigterm(pg, sandbox,
+                                                                             random_weights):
+    """gunicorn with OpenClone's variables: a request's lines reach the table with its id, and
+    what is queued when SIGTERM comes is written before the worker exits (worker_exit hook)."""
+    import os
+    import signal
+
+    import requests
+    from helpers import start_server, stop, wait_until_ready
+
+    save_image(sandbox["root"] / "in.png", photo(64, 48))
+    proc, port = start_server({"OpenClone_OpenCloneFS": str(sandbox["root"]),
+                               "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights),
+                               **pg.env()})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(proc, base)
+        for i in range(5):
+            reply = requests.post(f"{base}/remove-background", json={
+                "sourceImagePath": "/in.png", "outputImagePath": f"/out{i}.png", "threshold": 200},
+                headers={"X-Request-ID": f"gunicorn-{i}"}, timeout=60)
+            assert reply.status_code == 200
+        os.killpg(proc.pid, signal.SIGTERM)  # at once: the last lines may still be queued
+        proc.wait(60)
+    finally:
+        log = stop(proc)
+    assert proc.returncode == 0, log
+    found = pg.sql("SELECT tags, message, application_name FROM log WHERE tags LIKE %s",
+                   ("%request_id=gunicorn-%",))
+    ids = {tags.rsplit("=", 1)[1] for tags, _, _ in found}
+    assert ids == {f"gunicorn-{i}" for i in range(5)}, (found, log)
+    assert "log database" not in log  # no outage, nothing dropped
