@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None,
     _register_error_handlers(app)
     _register_request_ids(app)
     _register_request_log(app)
+    _register_draining(app)
     return app
 
 
@@ -362,21 +363,25 @@ def _register_request_ids(app: Flask) -> None:
             request_id.reset(g.request_id_token)
 
 
+def _register_draining(app: Flask) -> None:
+    @app.before_request
+    def refuse_when_stopping():
+        """Stopping (SIGTERM, gunicorn_conf.py): requests already running finish; new ones, /ready
+        included, are refused, so that Kubernetes and nginx send them elsewhere."""
+        if _state().remover.draining.is_set() and request.path not in ("/health", "/metrics"):
+            raise Unavailable("this worker is stopping; retry shortly (another will answer)",
+                              retry_after=1, reason="draining")
+
+
 def _register_request_log(app: Flask) -> None:
     @app.before_request
     def start_timer():
         g.started = time.perf_counter()
         if request.path != "/api/remove":  # only uploads may be large
             request.max_content_length = MAX_JSON_BYTES
-        state = _state()
-        token = state.settings.api_token
+        token = _state().settings.api_token
         if token and request.path not in PUBLIC_PATHS:
             _check_token(token)
-        # Stopping (SIGTERM, gunicorn_conf.py): requests already running finish; new ones, /ready
-        # included, are refused, so that Kubernetes and nginx send them elsewhere.
-        if state.remover.draining.is_set() and request.path not in ("/health", "/metrics"):
-            raise Unavailable("this worker is stopping; retry shortly (another will answer)",
-                              retry_after=1, reason="draining")
 
     @app.after_request
     def security_headers(response):
