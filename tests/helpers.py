@@ -218,6 +218,14 @@ def status_kb(pid: int, field: str) -> int:
 
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX_TEMPLATE = PROJECT / "deploy" / "nginx" / "u2net.conf.template"
+
+
+def template_variables() -> set[str]:
+    """The ${NAME} placeholders of the nginx template (nginx's own $variables have no braces)."""
+    text = "\n".join(line for line in NGINX_TEMPLATE.read_text().splitlines()
+                     if not line.lstrip().startswith("#"))
+    return set(re.findall(r"\$\{(\w+)\}", text))
 
 
 def need_nginx():

@@ -14,9 +14,11 @@ import requests
 import yaml
 from conftest import PROJECT, WEBSITE_REQUEST, photo, save_image
 from helpers import (
+    NGINX_TEMPLATE,
     free_port,
     start_server,
     stop,
+    template_variables,
     wait_for_exit,
     wait_until_ready,
     write_model,
@@ -122,16 +124,6 @@ def test_a_worker_whose_model_fails_to_warm_up_stops_the_server(sandbox, random_
     assert "warm-up failed: CUDA out of memory (simulated)" in log
 
 
-NGINX_TEMPLATE = PROJECT / "deploy" / "nginx" / "u2net.conf.template"
-
-
-def template_variables() -> set[str]:
-    """The ${NAME} placeholders of the nginx template (nginx's own $variables have no braces)."""
-    text = "\n".join(line for line in NGINX_TEMPLATE.read_text().splitlines()
-                     if not line.lstrip().startswith("#"))
-    return set(re.findall(r"\$\{(\w+)\}", text))
-
-
 def test_compose_file_runs_the_image_behind_nginx_with_gpu_volume_and_health_check():
     services = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"]
     proxy, service = services["proxy"], services["u2net"]
@@ -150,6 +142,13 @@ def test_compose_file_runs_the_image_behind_nginx_with_gpu_volume_and_health_che
     dockerfile = (PROJECT / "Dockerfile").read_text()
     assert "USER 10001:10001" in dockerfile and "HEALTHCHECK" in dockerfile  # numeric: runAsNonRoot
     assert "bgremove download" in dockerfile
+    # the log database: opt-in, and named as the service's variables expect
+    logdb = services["logdb"]
+    assert logdb["profiles"] == ["logdb"] and logdb["image"].startswith("postgres:")
+    env = service["environment"]
+    assert env["OpenClone_DB_Host"] == "${OpenClone_DB_Host:-}"  # unset: no database logging
+    assert logdb["environment"]["POSTGRES_DB"] == env["OpenClone_LogDB_Name"]
+    assert logdb["environment"]["POSTGRES_USER"] == env["OpenClone_LogDB_User"]
 
 
 def test_dockerfile_passes_hadolint():
@@ -159,32 +158,6 @@ def test_dockerfile_passes_hadolint():
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
-
-def test_readmes_kubernetes_manifest_fits_the_image_and_the_app():
-    readme = (PROJECT / "README.md").read_text()
-    block = re.search(r"On Kubernetes.*?```yaml\n(.*?)```", readme, re.DOTALL).group(1)
-    deployment, service = yaml.safe_load_all(block)
-    pod = deployment["spec"]["template"]["spec"]
-    container, nginx = pod["containers"]
-    assert "ports" not in container and nginx["ports"] == [{"containerPort": 5002}]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    nginx_env = {e["name"]: e["value"] for e in nginx["env"]}
-    assert env["HOST"] == "127.0.0.1" and nginx_env["U2NET_UPSTREAM"] == f"127.0.0.1:{env['PORT']}"
-    assert nginx_env["NGINX_PORT"] == "5002" and template_variables() <= set(nginx_env)
-    assert {"name": "OpenClone_OpenCloneFS", "value": "/OpenCloneFS"} in container["env"]
-    assert container["volumeMounts"][0]["mountPath"] == "/OpenCloneFS"
-    assert container["volumeMounts"][0]["name"] == pod["volumes"][0]["name"]
-    uid = re.search(r"^USER (\d+):", (PROJECT / "Dockerfile").read_text(), re.MULTILINE).group(1)
-    assert pod["securityContext"]["runAsUser"] == int(uid)
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    probes = {kind: container[kind]["httpGet"] for kind in
-              ("startupProbe", "readinessProbe", "livenessProbe")}
-    assert {p["port"] for p in probes.values()} == {5002}
-    assert probes["livenessProbe"]["path"] == "/health"
-    assert probes["readinessProbe"]["path"] == probes["startupProbe"]["path"] == "/ready"
-    assert service["spec"]["type"] == "ClusterIP"
-    assert service["spec"]["ports"] == [{"port": 5002, "targetPort": 5002}]
-    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 # The CUDA major of PyPI's Linux torch wheel, per pinned version: `pip install --dry-run --report
 # r.json --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.12
