@@ -163,7 +163,8 @@ class DatabaseLogHandler(logging.Handler):
                 self._disconnect()
                 if self._stop.is_set():
                     break  # stopping: close() reports what could not be written
-                _stderr(f"log database unavailable ({type(exc).__name__}: {exc}); "
+                reason = " ".join(str(exc).split())  # psycopg's messages span lines
+                _stderr(f"log database unavailable ({type(exc).__name__}: {reason}); "
                         f"{len(self._pending) + self._queue.qsize()} records wait, retrying in "
                         f"{delay:.1f} s")
                 self._stop.wait(delay)
