@@ -48,7 +48,6 @@ def main() -> None:
                     precision="fp32", warmup_runs=1, log_level="INFO")
     if base.weights is None:
         import torch
-
         from u2net.model import U2NETP
         base = base.with_(weights=root / "u2netp-random.pth")
         torch.save(U2NETP().state_dict(), base.weights)
