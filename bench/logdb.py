@@ -22,81 +22,95 @@ SHARED = PROJECT.parent / "shared"
 sys.path[:0] = [str(PROJECT), str(PROJECT / "tests")]
 
 
+def build(root: Path):
+    """(app without a log database, app with one, the database server), sharing one runtime."""
+    import numpy as np
+    from pgserver import PostgresServer
+    from PIL import Image
+
+    import API
+    from bgservice.logdb import LogDbConfig
+    from GlobalVariables import Settings
+
+    pg = PostgresServer()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(root / "in.png")
+    weights = SHARED / "models" / "u2netp" / "u2netp.pth"
+    if not weights.exists():
+        import torch
+        from u2net.model import U2NETP
+        weights = root / "u2netp-random.pth"
+        torch.save(U2NETP().state_dict(), weights)
+    base = Settings(fs_root=root, model="u2netp", weights=weights, precision="fp32",
+                    warmup_runs=1)
+    plain = API.create_app(base, warm_up_in_background=False)
+    runtimes = list(plain.extensions["u2net"].runtimes)
+    with_db = API.create_app(base.with_(log_db=LogDbConfig.from_env(pg.env())), runtimes,
+                             warm_up_in_background=False)
+    return plain, with_db, pg
+
+
+class States:
+    """Switches between: no database configured, up, stopped, slow (its table locked)."""
+
+    names = ("none", "up", "down", "slow")
+
+    def __init__(self, plain, with_db, pg):
+        self.plain, self.with_db, self.pg, self.blocker = plain, with_db, pg, None
+        self.config = with_db.extensions["u2net"].settings.log_db
+
+    def enter(self, state: str):
+        import psycopg
+
+        import GlobalVariables
+        if state == "none":
+            GlobalVariables.configure_logging("INFO", "text")
+            return self.plain.test_client()
+        GlobalVariables.configure_logging("INFO", "text", self.config)
+        if state == "down":
+            self.pg.stop()
+        elif state == "slow":
+            self.blocker = psycopg.connect(**self.config.connect_kwargs())
+            self.blocker.execute("LOCK TABLE log IN ACCESS EXCLUSIVE MODE")
+        return self.with_db.test_client()
+
+    def leave(self, state: str) -> None:
+        if state == "down":
+            self.pg.start()
+        elif state == "slow" and self.blocker is not None:
+            self.blocker.rollback()
+            self.blocker.close()
+            self.blocker = None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=40, help="per state")
     args = parser.parse_args()
-
     import tempfile
 
-    import numpy as np
-    import psycopg
-    from pgserver import PostgresServer
-    from PIL import Image
-
-    import API
     import GlobalVariables
-    from GlobalVariables import Settings
 
-    pg = PostgresServer()
-    root = Path(tempfile.mkdtemp(prefix="u2net-bench-logdb-"))
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(root / "in.png")
-    weights = SHARED / "models" / "u2netp" / "u2netp.pth"
-    base = Settings(fs_root=root, model="u2netp", weights=weights if weights.exists() else None,
-                    precision="fp32", warmup_runs=1, log_level="INFO")
-    if base.weights is None:
-        import torch
-        from u2net.model import U2NETP
-        base = base.with_(weights=root / "u2netp-random.pth")
-        torch.save(U2NETP().state_dict(), base.weights)
-    with_db = base.with_(log_db=GlobalVariables.LogDbConfig.from_env(pg.env()))
-    plain_app = API.create_app(base, warm_up_in_background=False)
-    runtimes = plain_app.extensions["u2net"].runtimes
-    db_app = API.create_app(with_db, list(runtimes), warm_up_in_background=False)
-    GlobalVariables.configure_logging("INFO", "text")  # the plain app's: no database handler yet
+    plain, with_db, pg = build(Path(tempfile.mkdtemp(prefix="u2net-bench-logdb-")))
+    states = States(plain, with_db, pg)
     body = {"sourceImagePath": "/in.png", "outputImagePath": "/out.png", "threshold": 200}
-    blocker = None
-
-    def use(state: str):
-        nonlocal blocker
-        if state == "none":
-            GlobalVariables.configure_logging("INFO", "text")
-            return plain_app.test_client()
-        GlobalVariables.configure_logging("INFO", "text", with_db.log_db)
-        if state == "down":
-            pg.stop()
-        elif state == "slow":
-            blocker = psycopg.connect(**with_db.log_db.connect_kwargs())
-            blocker.execute("LOCK TABLE log IN ACCESS EXCLUSIVE MODE")
-        return db_app.test_client()
-
-    def leave(state: str):
-        nonlocal blocker
-        if state == "down":
-            pg.start()
-        elif state == "slow" and blocker is not None:
-            blocker.rollback()
-            blocker.close()
-            blocker = None
-
-    times: dict[str, list[float]] = {s: [] for s in ("none", "up", "down", "slow")}
+    times: dict[str, list[float]] = {s: [] for s in States.names}
+    rounds, dropped = 4, 0
     try:
-        for client in (plain_app.test_client(), db_app.test_client()):  # warm both paths
+        for client in (plain.test_client(), with_db.test_client()):  # warm both paths
             client.post("/remove-background", json=body)
-        rounds = 4
         for _ in range(rounds):
             for state in times:
-                client = use(state)
+                client = states.enter(state)
                 for _ in range(args.requests // rounds):
                     started = time.perf_counter()
                     reply = client.post("/remove-background", json=body)
                     times[state].append((time.perf_counter() - started) * 1000)
                     assert reply.status_code == 200, reply.get_data(as_text=True)
-                leave(state)
-        handler = GlobalVariables._log_database
-        dropped = handler.dropped if handler else 0
+                states.leave(state)
+                handler = GlobalVariables._log_database
+                dropped += handler.dropped if handler else 0
     finally:
         GlobalVariables.close_log_database(timeout=10)
         pg.close()
