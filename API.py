@@ -216,7 +216,7 @@ def api_remove():
         "X-Mode": "mask" if options.only_mask else options.mode,
         "X-Model": rendered.model,
         "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in rendered.timings_ms.items()),
-        "Content-Disposition": f'inline; filename="cutout.{options.format}"',
+        "Content-Disposition": f'inline; filename="cutout.{options.output_format}"',
     })
     if options.mode == "threshold":
         response.headers["X-Threshold"] = str(options.threshold)

@@ -517,12 +517,21 @@ def cut_out(rgb: np.ndarray, alpha: np.ndarray | None, mask: np.ndarray, mode: s
     raise ValueError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
 
 
-def composite_on_color(rgba: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
-    """The cut-out laid over a solid colour: H x W x 3 RGB (alpha blended, then opaque)."""
+def composite_on_color(rgba: np.ndarray, color: tuple[int, ...]) -> np.ndarray:
+    """The cut-out laid over a solid colour. `color` (r, g, b): H x W x 3 RGB, opaque. (r, g, b, a)
+    with a < 255, a see-through colour: H x W x 4 RGBA, the cut-out over it ("over" in
+    straight alpha: alpha = a_s + a_c (1 - a_s), colour weighted by each one's share)."""
     alpha = rgba[:, :, 3:4].astype(np.float32) * np.float32(1 / 255)
-    background = np.asarray(color, np.float32)
-    blended = rgba[:, :, :3].astype(np.float32) * alpha + background * (1 - alpha)
-    return np.rint(blended).astype(np.uint8)
+    background = np.asarray(color[:3], np.float32)
+    if len(color) == 3 or color[3] >= 255:
+        blended = rgba[:, :, :3].astype(np.float32) * alpha + background * (1 - alpha)
+        return np.rint(blended).astype(np.uint8)
+    below = np.float32(color[3] / 255) * (1 - alpha)  # the colour's share of each pixel
+    total = alpha + below
+    mixed = rgba[:, :, :3].astype(np.float32) * alpha + background * below
+    np.divide(mixed, total, out=mixed, where=total > 0)
+    out = np.dstack([np.rint(mixed), np.rint(total * 255)])
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 SUBJECT_ALPHA = 16  # alpha (0-255) from which a pixel counts as subject for bounding boxes

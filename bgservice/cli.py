@@ -219,7 +219,7 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    plan = _plan(args.inputs, args.output, options.format)
+    plan = _plan(args.inputs, args.output, options.output_format)
     if not plan:
         print("error: no images found in the given inputs", file=sys.stderr)
         return 2

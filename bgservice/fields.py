@@ -15,11 +15,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import ImageColor
+
 import Image_PostProcesser as post
 
 from .errors import BadRequest
 
-FORMATS = {"png": "image/png", "webp": "image/webp"}
+# Output formats and their content types; "auto" (FORMAT_CHOICES) is JPEG when a background
+# colour fills every pixel, else PNG (options.OutputOptions.output_format).
+FORMATS = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
+FORMAT_CHOICES = (*FORMATS, "auto")
+MAX_COLOR_TEXT = 64
 MAX_PADDING = 10_000
 MAX_NAME = 200
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
@@ -55,7 +61,8 @@ class Field:
         if self.kind == "bool":
             return f"'{name}' must be true or false"
         if self.kind == "color":
-            return f"'{name}' must be #rrggbb or r,g,b (0-255)"
+            return (f"'{name}' must be a colour: a CSS name (red), #rgb, #rrggbb, #rrggbbaa, "
+                    "rgb(r,g,b) or r,g,b (0-255)")
         if self.kind == "name":
             return f"'{name}' must be a name of at most {MAX_NAME} characters"
         return f"'{name}' must be one of {', '.join(self.choices)}"
@@ -150,18 +157,23 @@ def _name(text: str) -> str | None:
     return text if len(text) <= MAX_NAME and text.isprintable() else None
 
 
-def _color(text: str) -> tuple[int, int, int] | None:
-    """'#rrggbb', 'rgb' hex shorthand, or 'r,g,b' (0-255 each); None if it is none of them."""
-    match = _HEX.match(text)
-    if match:
-        digits = match.group(1)
-        if len(digits) == 3:
-            digits = "".join(c * 2 for c in digits)
-        return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+def _color(text: str) -> tuple[int, ...] | None:
+    """(r, g, b), or (r, g, b, a) for a see-through colour, from 'r,g,b' (0-255 each), 'rrggbb'
+    without its '#', or anything Pillow's ImageColor reads: CSS names ('red'), '#rgb', '#rgba',
+    '#rrggbb', '#rrggbbaa', 'rgb()', 'hsl()'. None if it is none of them (ASCII only: Unicode
+    digits must not pass for numbers)."""
+    if len(text) > MAX_COLOR_TEXT or not text.isascii():
+        return None
     match = _RGB.match(text)
-    if match and all(int(p) <= 255 for p in match.groups()):
-        return tuple(int(p) for p in match.groups())  # type: ignore[return-value]
-    return None
+    if match:
+        return tuple(int(p) for p in match.groups()) if all(int(p) <= 255 for p in match.groups()) else None
+    if _HEX.match(text) and not text.startswith("#"):
+        text = "#" + text
+    try:
+        colour = ImageColor.getrgb(text)
+    except ValueError:
+        return None
+    return colour[:3] if len(colour) == 4 and colour[3] == 255 else colour
 
 
 MODE = Field("mode", "choice", "Output mode (default: the service's default mode, refine; a "
@@ -176,11 +188,13 @@ MODEL = Field("model", "name", "Which of the service's models cuts this image ou
 OPTIONS: tuple[Field, ...] = (
     MODEL, MODE, THRESHOLD,
     Field("only_mask", "bool", "Return the 8-bit grayscale mask instead of the cut-out"),
-    Field("bg_color", "color", "Composite onto this colour (#rrggbb or r,g,b) instead of "
-          "transparency"),
+    Field("bg_color", "color", "Composite onto this colour instead of transparency: a CSS name "
+          "(red), #rgb, #rrggbb, #rrggbbaa (see-through), rgb(r,g,b) or r,g,b"),
     Field("crop", "bool", "Crop to the subject's bounding box"),
     Field("padding", "int", "Pixels of margin around the crop", lo=0, hi=MAX_PADDING),
-    Field("format", "choice", "png (default) or lossless webp", choices=tuple(FORMATS)),
+    Field("format", "choice", "png (default), lossless webp, jpg (quality 90; transparency "
+          "flattened onto bg_color or white), or auto: jpg when bg_color fills every pixel, "
+          "else png", choices=FORMAT_CHOICES),
     SUBJECT_FILTER,
 )
 # The JSON API's cut-out fields (besides the two paths), by their JSON names.

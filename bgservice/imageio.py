@@ -115,6 +115,16 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     return decode_opened(open_image(data, max_pixels))
 
 
+JPEG_QUALITY = 90
+
+
+def encode_jpeg(pixels: np.ndarray) -> bytes:
+    """uint8 gray / RGB -> JPEG bytes (quality 90, 4:2:0; no alpha: flatten first)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=JPEG_QUALITY, optimize=False)
+    return buf.getvalue()
+
+
 def encode_webp(pixels: np.ndarray) -> bytes:
     """uint8 gray / RGB / RGBA -> lossless WebP bytes (method 0: the fastest, still lossless)."""
     buf = io.BytesIO()

@@ -15,8 +15,11 @@ import Image_PostProcesser as post
 
 from .errors import BadRequest
 from .fields import FORMATS, MODE, parse_strings, shown
-from .imageio import DecodedImage, encode_webp
+from .imageio import DecodedImage, encode_jpeg, encode_webp
 from .png import encode_png
+
+# What a JPEG's transparent pixels become without a bg_color (remove.bg's choice too).
+JPEG_BACKGROUND = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -25,15 +28,24 @@ class OutputOptions:
     mode: str = "refine"
     threshold: int | None = None
     only_mask: bool = False
-    bg_color: tuple[int, int, int] | None = None
+    bg_color: tuple[int, ...] | None = None  # (r, g, b), or (r, g, b, a) when see-through
     crop: bool = False
     padding: int = 0
     format: str = "png"
     subject_filter: bool = False  # drop small disconnected regions from the mask first
 
     @property
+    def output_format(self) -> str:
+        """The format written: `format`, with auto resolved (JPEG when a background colour fills
+        every pixel, since there is no transparency left to keep; else PNG)."""
+        if self.format != "auto":
+            return self.format
+        filled = self.bg_color is not None and len(self.bg_color) == 3 and not self.only_mask
+        return "jpg" if filled else "png"
+
+    @property
     def content_type(self) -> str:
-        return FORMATS[self.format]
+        return FORMATS[self.output_format]
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,8 @@ def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions
         alpha = pixels[:, :, 3]
         if options.bg_color is not None:
             pixels = post.composite_on_color(pixels, options.bg_color)
+        if options.output_format == "jpg" and pixels.shape[2] == 4:  # JPEG has no alpha
+            pixels = post.composite_on_color(pixels, JPEG_BACKGROUND)
     bbox = post.subject_bbox(alpha, options.padding) if (options.crop or want_bbox) else None
     if options.crop and bbox is not None:
         x, y, w, h = bbox
@@ -101,5 +115,7 @@ def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions
 
 
 def encode_output(pixels: np.ndarray, fmt: str) -> bytes:
-    """Lossless PNG (parallel encoder) or lossless WebP."""
-    return encode_png(pixels) if fmt == "png" else encode_webp(pixels)
+    """Lossless PNG (parallel encoder), lossless WebP, or JPEG (`fmt`: an output_format)."""
+    if fmt == "png":
+        return encode_png(pixels)
+    return encode_jpeg(pixels) if fmt == "jpg" else encode_webp(pixels)

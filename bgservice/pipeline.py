@@ -62,7 +62,8 @@ def memory_needed(pixels: int, options: OutputOptions, source_bytes: int,
     """The bytes one request reserves from the worker's memory budget."""
     refined = options.mode == "threshold" and threshold_edges == "refined"  # refine's work
     per_pixel = BYTES_PER_PIXEL["refine" if refined else options.mode]
-    if options.bg_color is not None and not options.only_mask:
+    flattened = options.bg_color is not None or options.output_format == "jpg"
+    if flattened and not options.only_mask:
         per_pixel += BG_COLOR_BYTES_PER_PIXEL
     return pixels * per_pixel + source_bytes
 
@@ -194,7 +195,7 @@ class BackgroundRemover:
         for options in (OutputOptions(mode="threshold", threshold=0), OutputOptions(mode="refine")):
             pixels = compose_output(image, mask, options, refine=self.refines[runtime.spec.name],
                                     threshold_edges=self.threshold_edges)[0]
-            encode_output(pixels, options.format)
+            encode_output(pixels, options.output_format)
 
     def process(self, data: bytes, options: OutputOptions, want_bbox: bool = False,
                 watch: Stopwatch | None = None) -> Rendered:
@@ -226,7 +227,7 @@ class BackgroundRemover:
                                               self.refines[runtime.spec.name], self.threshold_edges)
             del mask
             with watch.stage("encode"):
-                encoded = encode_output(pixels, options.format)
+                encoded = encode_output(pixels, options.output_format)
             rendered = Rendered(encoded, options.content_type, pixels.shape[1], pixels.shape[0],
                                 width, height, bbox, watch.ms, runtime.spec.name)
             del pixels, image

@@ -31,6 +31,9 @@ def test_every_option_is_described_in_openapi_and_offered_by_the_cli(client):
     ({"threshold": " 200 "}, {"threshold": 200}), ({"crop": "yes"}, {"crop": True}),
     ({"crop": ""}, {"crop": False}), ({"bg_color": "#fff"}, {"bg_color": (255, 255, 255)}),
     ({"bg_color": "1, 2,3"}, {"bg_color": (1, 2, 3)}), ({"format": "WEBP"}, {"format": "webp"}),
+    ({"bg_color": "Red"}, {"bg_color": (255, 0, 0)}), ({"bg_color": "00ff00"}, {"bg_color": (0, 255, 0)}),
+    ({"bg_color": "#0000ff80"}, {"bg_color": (0, 0, 255, 128)}),
+    ({"bg_color": "#0000ffff"}, {"bg_color": (0, 0, 255)}), ({"format": "auto"}, {"format": "auto"}),
 ])
 def test_strings_parse_to_typed_values(raw, parsed):
     values = parse_strings(raw)

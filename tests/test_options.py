@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import Image_PostProcesser as post
 from bgservice.errors import BadRequest
 from bgservice.imageio import DecodedImage
 from bgservice.options import OutputOptions, compose_output, parse_options, resolve_mode
@@ -39,3 +40,19 @@ def test_crop_returns_the_subject_with_its_padding_and_the_box():
     assert box == (28, 8, 19, 14) and pixels.shape == (14, 19, 4)
     _, none = compose_output(image, np.zeros_like(mask), OutputOptions(mode="soft"), want_bbox=True)
     assert none is None
+
+
+def test_a_see_through_background_colour_is_composited_with_straight_alpha():
+    """(r, g, b, a): the cut-out over the colour; where the cut-out is opaque, its own pixel;
+    where it is transparent, the colour at a; in between, 'over' in straight alpha."""
+    rgba = np.array([[[200, 100, 0, 255], [200, 100, 0, 0], [200, 100, 0, 128]]], np.uint8)
+    out = post.composite_on_color(rgba, (0, 0, 255, 128))
+    assert out.shape == (1, 3, 4)
+    assert tuple(out[0, 0]) == (200, 100, 0, 255) and tuple(out[0, 1]) == (0, 0, 255, 128)
+    a_s, a_c = 128 / 255, 128 / 255 * (1 - 128 / 255)
+    total = a_s + a_c
+    want = [round((200 * a_s) / total), round((100 * a_s) / total), round(255 * a_c / total),
+            round(total * 255)]
+    assert np.abs(out[0, 2].astype(int) - want).max() <= 1
+    opaque = post.composite_on_color(rgba, (0, 0, 255, 255))
+    assert opaque.shape == (1, 3, 3) and tuple(opaque[0, 1]) == (0, 0, 255)

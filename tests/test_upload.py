@@ -98,6 +98,46 @@ def test_crop_with_padding_crops_to_the_subject(client, runtime):
     assert padded.size[0] <= min(200, out.size[0] + 10)
 
 
+def test_colour_names_short_forms_and_see_through_colours(client, runtime):
+    """CSS names and #rgb fill like #rrggbb; #rrggbbaa keeps an alpha channel: the cut-out over a
+    see-through colour."""
+    data = jpeg_bytes(seed=4)
+    cut = expected(runtime, data, "threshold", 255)
+    transparent = cut[:, :, 3] == 0
+    for spelling in ("lime", "%230f0", "rgb(0,255,0)"):
+        out = np.asarray(Image.open(io.BytesIO(
+            upload(client, data, f"?bg_color={spelling}&mode=threshold&threshold=255").data)))
+        assert out.shape == (90, 120, 3) and (out[transparent] == (0, 255, 0)).all(), spelling
+    response = upload(client, data, "?bg_color=%2300ff0080&mode=threshold&threshold=255")
+    out = np.asarray(Image.open(io.BytesIO(response.data)))
+    assert out.shape == (90, 120, 4)
+    assert (out[transparent] == (0, 255, 0, 128)).all()
+    assert (out[~transparent][:, 3] == 255).all()
+
+
+def test_jpeg_and_auto_formats(client, runtime):
+    """jpg: a JPEG, transparency flattened onto bg_color or white; auto: JPEG when bg_color fills
+    every pixel, PNG while transparency remains."""
+    data = jpeg_bytes(seed=6)
+    response = upload(client, data, "?format=jpg&mode=threshold&threshold=255")
+    assert response.mimetype == "image/jpeg"
+    assert 'filename="cutout.jpg"' in response.headers["Content-Disposition"]
+    out = Image.open(io.BytesIO(response.data))
+    assert out.format == "JPEG" and out.mode == "RGB" and out.size == (120, 90)
+    cut = expected(runtime, data, "threshold", 255)
+    transparent = cut[:, :, 3] == 0
+    inner = transparent & np.roll(transparent, 3, 0) & np.roll(transparent, -3, 0) \
+        & np.roll(transparent, 3, 1) & np.roll(transparent, -3, 1)  # away from JPEG's ringing
+    assert np.abs(np.asarray(out)[inner].astype(int) - 255).max() <= 8  # white
+    filled = upload(client, data, "?format=auto&bg_color=navy")
+    assert filled.mimetype == "image/jpeg" and Image.open(io.BytesIO(filled.data)).format == "JPEG"
+    for query in ("?format=auto", "?format=auto&bg_color=%23000080aa",
+                  "?format=auto&bg_color=navy&only_mask=1"):
+        kept = upload(client, data, query)
+        assert kept.mimetype == "image/png", query
+        assert Image.open(io.BytesIO(kept.data)).format == "PNG"
+
+
 def test_lossless_webp_on_request(client, runtime):
     data = jpeg_bytes(seed=6)
     response = upload(client, data, "?format=webp&mode=soft")
@@ -120,9 +160,10 @@ def test_lossless_webp_on_request(client, runtime):
     ("?crop=2", "'crop' must be true or false"),
     ("?padding=-1", "'padding' must be an integer from 0"),
     ("?padding=999999", "'padding' must be an integer from 0"),
-    ("?bg_color=blue", "'bg_color' must be #rrggbb or r,g,b"),
+    ("?bg_color=bleu", "'bg_color' must be a colour: a CSS name (red), #rgb"),
+    ("?bg_color=%C2%B2,1,1", "'bg_color' must be a colour"),
     ("?bg_color=300,0,0", "'bg_color' must be"),
-    ("?format=gif", "'format' must be one of png, webp"),
+    ("?format=gif", "'format' must be one of png, webp, jpg, auto"),
     ("?colour=red", "unknown option(s) 'colour'"),
 ])
 def test_bad_option_values_are_400_json(client, query, message):
