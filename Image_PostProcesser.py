@@ -528,10 +528,13 @@ def composite_on_color(rgba: np.ndarray, color: tuple[int, ...]) -> np.ndarray:
         return np.rint(blended).astype(np.uint8)
     below = np.float32(color[3] / 255) * (1 - alpha)  # the colour's share of each pixel
     total = alpha + below
-    mixed = rgba[:, :, :3].astype(np.float32) * alpha + background * below
+    mixed = rgba[:, :, :3].astype(np.float32) * alpha
+    mixed += background * below
     np.divide(mixed, total, out=mixed, where=total > 0)
-    out = np.dstack([np.rint(mixed), np.rint(total * 255)])
-    return np.clip(out, 0, 255).astype(np.uint8)
+    out = np.empty(rgba.shape, np.uint8)  # written a channel group at a time: no float RGBA copy
+    out[:, :, :3] = np.clip(np.rint(mixed), 0, 255)
+    out[:, :, 3:] = np.clip(np.rint(total * 255), 0, 255)
+    return out
 
 
 SUBJECT_ALPHA = 16  # alpha (0-255) from which a pixel counts as subject for bounding boxes
