@@ -540,9 +540,11 @@ def composite_on_color(rgba: np.ndarray, color: tuple[int, ...]) -> np.ndarray:
 SUBJECT_ALPHA = 16  # alpha (0-255) from which a pixel counts as subject for bounding boxes
 
 
-def subject_bbox(alpha: np.ndarray, padding: int = 0) -> tuple[int, int, int, int] | None:
-    """(x, y, width, height) of the pixels with alpha >= SUBJECT_ALPHA, grown by `padding` and
-    clipped to the image; None when there is no subject."""
+def subject_bbox(alpha: np.ndarray, padding: int = 0,
+                 padding_percent: float = 0.0) -> tuple[int, int, int, int] | None:
+    """(x, y, width, height) of the pixels with alpha >= SUBJECT_ALPHA, grown by `padding`
+    pixels, or by `padding_percent` of the subject's own width (left and right) and height (top
+    and bottom) when that is given, and clipped to the image; None when there is no subject."""
     subject = alpha >= SUBJECT_ALPHA
     if _tiny(alpha):
         rows, cols = subject.any(axis=1), subject.any(axis=0)
@@ -553,7 +555,11 @@ def subject_bbox(alpha: np.ndarray, padding: int = 0) -> tuple[int, int, int, in
     ys, xs = np.flatnonzero(rows), np.flatnonzero(cols)
     if ys.size == 0:
         return None
-    x0, y0 = max(0, int(xs[0]) - padding), max(0, int(ys[0]) - padding)
-    x1 = min(alpha.shape[1], int(xs[-1]) + 1 + padding)
-    y1 = min(alpha.shape[0], int(ys[-1]) + 1 + padding)
+    pad_x = pad_y = padding
+    if padding_percent:
+        pad_x = round((int(xs[-1]) + 1 - int(xs[0])) * padding_percent / 100)
+        pad_y = round((int(ys[-1]) + 1 - int(ys[0])) * padding_percent / 100)
+    x0, y0 = max(0, int(xs[0]) - pad_x), max(0, int(ys[0]) - pad_y)
+    x1 = min(alpha.shape[1], int(xs[-1]) + 1 + pad_x)
+    y1 = min(alpha.shape[0], int(ys[-1]) + 1 + pad_y)
     return x0, y0, x1 - x0, y1 - y0

@@ -13,7 +13,7 @@ import argparse
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import ImageColor
 
@@ -27,6 +27,8 @@ FORMATS = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
 FORMAT_CHOICES = (*FORMATS, "auto")
 MAX_COLOR_TEXT = 64
 MAX_PADDING = 10_000
+MAX_PADDING_PERCENT = 1000
+_PADDING = re.compile(r"^([0-9]{1,5}(?:\.[0-9]{1,3})?) *(px|%)?$")  # ASCII digits only
 MAX_NAME = 200
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 _HEX = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
@@ -41,10 +43,17 @@ def shown(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+class Padding(NamedTuple):
+    """A crop margin: `amount` pixels, or `amount` percent of the subject's size."""
+
+    amount: float
+    percent: bool
+
+
 @dataclass(frozen=True)
 class Field:
     name: str  # snake_case: the upload endpoint's option, and --kebab-case on the command line
-    kind: str  # "choice", "int", "bool", "color" or "name" (a short string checked by the caller)
+    kind: str  # "choice", "int", "bool", "color", "padding", or "name" (checked by the caller)
     help: str
     json_name: str | None = None  # the JSON API's name, where the JSON API has the field
     choices: tuple[str, ...] = ()
@@ -65,6 +74,9 @@ class Field:
                     "rgb(r,g,b) or r,g,b (0-255)")
         if self.kind == "name":
             return f"'{name}' must be a name of at most {MAX_NAME} characters"
+        if self.kind == "padding":
+            return (f"'{name}' must be pixels from 0 to {self.hi} (20 or 20px) or a percentage "
+                    f"of the subject's size from 0 to {MAX_PADDING_PERCENT} (10%)")
         return f"'{name}' must be one of {', '.join(self.choices)}"
 
     def _bad(self, name: str, value: object) -> BadRequest:
@@ -105,7 +117,7 @@ class Field:
         if not text:
             return None
         parse = {"int": self._int, "color": _color, "choice": self._choice,
-                 "name": _name}[self.kind]
+                 "name": _name, "padding": self._padding}[self.kind]
         value = parse(text)
         if value is None:
             raise self._bad(self.name, raw)
@@ -119,6 +131,19 @@ class Field:
         if not self.lo <= value <= self.hi:
             raise BadRequest(f"{self.rule(self.name)}, got {value}")
         return value
+
+    def _padding(self, text: str) -> Padding | None:
+        """'20' or '20px': pixels; '10%' (decimals allowed): of the subject's size."""
+        match = _PADDING.match(text.lower())
+        if not match:
+            return None
+        number, unit = match.groups()
+        if unit == "%":
+            value = float(number)
+            return Padding(value, True) if value <= MAX_PADDING_PERCENT else None
+        if "." in number or int(number) > self.hi:
+            return None
+        return Padding(int(number), False)
 
     def _choice(self, text: str) -> str | None:
         value = text.lower() if self.name == "format" else text
@@ -137,6 +162,8 @@ class Field:
             schema = {"type": "string", "example": "#ffffff"}
         elif self.kind == "name":
             schema = {"type": "string", "maxLength": MAX_NAME}
+        elif self.kind == "padding":
+            schema = {"type": "string", "pattern": _PADDING.pattern, "example": "10%"}
         else:
             schema = {"type": "string", "enum": list(self.choices)}
         if self.default is not None:
@@ -191,7 +218,8 @@ OPTIONS: tuple[Field, ...] = (
     Field("bg_color", "color", "Composite onto this colour instead of transparency: a CSS name "
           "(red), #rgb, #rrggbb, #rrggbbaa (see-through), rgb(r,g,b) or r,g,b"),
     Field("crop", "bool", "Crop to the subject's bounding box"),
-    Field("padding", "int", "Pixels of margin around the crop", lo=0, hi=MAX_PADDING),
+    Field("padding", "padding", "Margin around the crop: pixels (20 or 20px) or a percentage of "
+          "the subject's width and height (10%)", lo=0, hi=MAX_PADDING),
     Field("format", "choice", "png (default), lossless webp, jpg (quality 90; transparency "
           "flattened onto bg_color or white), or auto: jpg when bg_color fills every pixel, "
           "else png", choices=FORMAT_CHOICES),

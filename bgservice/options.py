@@ -30,7 +30,8 @@ class OutputOptions:
     only_mask: bool = False
     bg_color: tuple[int, ...] | None = None  # (r, g, b), or (r, g, b, a) when see-through
     crop: bool = False
-    padding: int = 0
+    padding: int = 0  # pixels around the crop
+    padding_percent: float = 0.0  # or this percentage of the subject's size (when not 0)
     format: str = "png"
     subject_filter: bool = False  # drop small disconnected regions from the mask first
 
@@ -84,6 +85,9 @@ def parse_options(values: Mapping[str, str], default_mode: str) -> OutputOptions
     given = parse_strings(values)
     mode, threshold = resolve_mode(given["mode"], given["threshold"], default_mode)
     chosen = {k: v for k, v in given.items() if v is not None and k not in ("mode", "threshold")}
+    padding = chosen.pop("padding", None)
+    if padding is not None:
+        chosen["padding_percent" if padding.percent else "padding"] = padding.amount
     return OutputOptions(mode=mode, threshold=threshold, **chosen)
 
 
@@ -107,7 +111,8 @@ def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions
             pixels = post.composite_on_color(pixels, options.bg_color)
         if options.output_format == "jpg" and pixels.shape[2] == 4:  # JPEG has no alpha
             pixels = post.composite_on_color(pixels, JPEG_BACKGROUND)
-    bbox = post.subject_bbox(alpha, options.padding) if (options.crop or want_bbox) else None
+    want = options.crop or want_bbox
+    bbox = post.subject_bbox(alpha, options.padding, options.padding_percent) if want else None
     if options.crop and bbox is not None:
         x, y, w, h = bbox
         pixels = pixels[y:y + h, x:x + w]

@@ -34,6 +34,8 @@ def test_every_option_is_described_in_openapi_and_offered_by_the_cli(client):
     ({"bg_color": "Red"}, {"bg_color": (255, 0, 0)}), ({"bg_color": "00ff00"}, {"bg_color": (0, 255, 0)}),
     ({"bg_color": "#0000ff80"}, {"bg_color": (0, 0, 255, 128)}),
     ({"bg_color": "#0000ffff"}, {"bg_color": (0, 0, 255)}), ({"format": "auto"}, {"format": "auto"}),
+    ({"padding": "20"}, {"padding": (20, False)}), ({"padding": "20 PX"}, {"padding": (20, False)}),
+    ({"padding": "12.5%"}, {"padding": (12.5, True)}),
 ])
 def test_strings_parse_to_typed_values(raw, parsed):
     values = parse_strings(raw)

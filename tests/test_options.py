@@ -56,3 +56,14 @@ def test_a_see_through_background_colour_is_composited_with_straight_alpha():
     assert np.abs(out[0, 2].astype(int) - want).max() <= 1
     opaque = post.composite_on_color(rgba, (0, 0, 255, 255))
     assert opaque.shape == (1, 3, 3) and tuple(opaque[0, 1]) == (0, 0, 255)
+
+
+def test_padding_in_pixels_or_as_a_percentage_of_the_subject():
+    assert parse_options({"padding": "10%"}, "soft").padding_percent == 10.0
+    assert parse_options({"padding": "7px"}, "soft").padding == 7
+    alpha = np.zeros((100, 200), np.uint8)
+    alpha[40:60, 50:90] = 255  # a 40 x 20 subject
+    assert post.subject_bbox(alpha) == (50, 40, 40, 20)
+    assert post.subject_bbox(alpha, 5) == (45, 35, 50, 30)
+    assert post.subject_bbox(alpha, padding_percent=25) == (40, 35, 60, 30)  # 10 px and 5 px
+    assert post.subject_bbox(alpha, padding_percent=1000) == (0, 0, 200, 100)  # clipped

@@ -96,6 +96,16 @@ def test_crop_with_padding_crops_to_the_subject(client, runtime):
     padded = Image.open(io.BytesIO(upload(client, data, "?mode=soft&crop=1&padding=5").data))
     assert padded.size[0] >= out.size[0] and padded.size[1] >= out.size[1]
     assert padded.size[0] <= min(200, out.size[0] + 10)
+    assert Image.open(io.BytesIO(upload(client, data, "?mode=soft&crop=1&padding=5px").data)).size \
+        == padded.size
+    # a percentage of the subject's own size: 10 % of its width left and right, of its height
+    # above and below (clipped to the image)
+    pct = upload(client, data, "?mode=soft&crop=1&padding=10%25")
+    x, y, w, h = box
+    pad_x, pad_y = round(w * 0.1), round(h * 0.1)
+    want_w = min(200, x + w + pad_x) - max(0, x - pad_x)
+    want_h = min(160, y + h + pad_y) - max(0, y - pad_y)
+    assert Image.open(io.BytesIO(pct.data)).size == (want_w, want_h)
 
 
 def test_colour_names_short_forms_and_see_through_colours(client, runtime):
@@ -158,8 +168,10 @@ def test_lossless_webp_on_request(client, runtime):
     ("?mode=soft&threshold=5", "applies to mode 'threshold' only"),
     ("?only_mask=maybe", "'only_mask' must be true or false"),
     ("?crop=2", "'crop' must be true or false"),
-    ("?padding=-1", "'padding' must be an integer from 0"),
-    ("?padding=999999", "'padding' must be an integer from 0"),
+    ("?padding=-1", "'padding' must be pixels from 0 to 10000 (20 or 20px) or a percentage"),
+    ("?padding=999999", "'padding' must be pixels from 0"),
+    ("?padding=5000%25", "'padding' must be pixels"),
+    ("?padding=1.5px", "'padding' must be pixels"),
     ("?bg_color=bleu", "'bg_color' must be a colour: a CSS name (red), #rgb"),
     ("?bg_color=%C2%B2,1,1", "'bg_color' must be a colour"),
     ("?bg_color=300,0,0", "'bg_color' must be"),
