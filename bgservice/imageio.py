@@ -96,6 +96,29 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return im
 
 
+def from_pil(im: Image.Image) -> DecodedImage:
+    """A caller's own Pillow image (the Python API) -> DecodedImage, upright, without changing
+    the caller's image (its first frame if it has several)."""
+    upright = ImageOps.exif_transpose(im) or im  # a new image when it turns; else im itself
+    rgb, alpha = _split_modes(upright)
+    return DecodedImage(rgb=np.ascontiguousarray(rgb), alpha=alpha,
+                        format=im.format or "PIL", mode=im.mode)
+
+
+def from_array(array: np.ndarray) -> DecodedImage:
+    """A caller's uint8 array (the Python API): H x W gray, H x W x 3 RGB or H x W x 4 RGBA."""
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
+            array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape[:2]:
+        raise NotAnImage(f"an image array must be uint8, H x W, H x W x 3 (RGB) or H x W x 4 "
+                         f"(RGBA); got {array.dtype} {array.shape}")
+    if array.ndim == 2:
+        return DecodedImage(np.repeat(array[:, :, None], 3, axis=2), None, "array", "L")
+    if array.shape[2] == 4:
+        return DecodedImage(np.ascontiguousarray(array[:, :, :3]),
+                            np.ascontiguousarray(array[:, :, 3]), "array", "RGBA")
+    return DecodedImage(np.ascontiguousarray(array), None, "array", "RGB")
+
+
 def decode_opened(im: Image.Image) -> DecodedImage:
     """An image from `open_image` -> DecodedImage (first frame, upright). Raises NotAnImage."""
     fmt = im.format or "unknown"

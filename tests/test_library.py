@@ -1,0 +1,93 @@
+"""The Python API (bgservice.library): every input kind, the same cut-out as the service's
+pipeline, options checked with the service's messages, one lazy session per model."""
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from conftest import photo
+from PIL import Image
+
+import bgservice
+from bgservice import library
+from bgservice.errors import BadRequest, NotAnImage
+from bgservice.imageio import DecodedImage
+from bgservice.options import OutputOptions, compose_output
+
+pytestmark = pytest.mark.slow  # loads two sessions (a few seconds each)
+
+
+@pytest.fixture(scope="module")
+def session(random_weights):
+    with bgservice.new_session("u2netp", weights=random_weights, device="cpu") as s:
+        yield s
+
+
+def reference(session, rgb, **options) -> np.ndarray:
+    remover = session._service.remover
+    image = DecodedImage(rgb, None, "array", "RGB")
+    mask = remover.mask(image, remover.runtime)
+    return compose_output(image, mask, OutputOptions(**options), refine=remover.refine)[0]
+
+
+def test_each_input_kind_gives_the_same_kind_back(session, tmp_path):
+    rgb = photo(96, 64, seed=3)
+    want = reference(session, rgb, mode="refine")
+    got = session.remove(rgb)
+    assert isinstance(got, np.ndarray) and got.shape == (64, 96, 4)
+    np.testing.assert_array_equal(got, want)
+    pil = session.remove(Image.fromarray(rgb))
+    assert isinstance(pil, Image.Image) and pil.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(pil), want)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    data = session.remove(buf.getvalue())
+    assert isinstance(data, bytes) and data.startswith(b"\x89PNG")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), want)
+    path = tmp_path / "in.png"
+    path.write_bytes(buf.getvalue())
+    np.testing.assert_array_equal(np.asarray(session.remove(str(path))), want)
+    np.testing.assert_array_equal(session.remove(path, output="array"), want)
+    assert session.remove(path, output="bytes", format="jpg").startswith(b"\xff\xd8")
+
+
+def test_options_are_the_services_with_its_messages(session):
+    rgb = photo(96, 64, seed=4)
+    np.testing.assert_array_equal(session.remove(rgb, threshold=200),
+                                  reference(session, rgb, mode="threshold", threshold=200))
+    on_red = session.remove(rgb, mode="soft", bg_color=(255, 0, 0))
+    assert on_red.shape == (64, 96, 3)
+    np.testing.assert_array_equal(on_red, session.remove(rgb, mode="soft", bg_color="red"))
+    assert session.remove(rgb, only_mask=True).shape == (64, 96)
+    with pytest.raises(BadRequest, match="'threshold' must be an integer from 0 to 255"):
+        session.remove(rgb, threshold=300)
+    with pytest.raises(BadRequest, match="unknown option"):
+        session.remove(rgb, treshold=200)
+    with pytest.raises(NotAnImage, match="image array must be uint8"):
+        session.remove(rgb.astype(np.float32))
+    with pytest.raises(TypeError, match="takes a path, bytes"):
+        session.remove(12)
+
+
+def test_remove_makes_one_session_per_model_however_many_threads_ask(random_weights, monkeypatch):
+    monkeypatch.setenv("U2NET_MODEL", "u2netp")
+    monkeypatch.setenv("U2NET_WEIGHTS", str(random_weights))
+    monkeypatch.setenv("U2NET_DEVICE", "cpu")
+    made = []
+    real = library.new_session
+    monkeypatch.setattr(library, "new_session", lambda model: made.append(model) or real(model))
+    rgb = photo(64, 48, seed=5)
+    results: list[np.ndarray] = []
+    try:
+        threads = [threading.Thread(target=lambda: results.append(bgservice.remove(rgb)))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert made == [None] and len(results) == 4
+        assert all(np.array_equal(r, results[0]) for r in results)
+    finally:
+        library._close_sessions()
