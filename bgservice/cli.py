@@ -25,6 +25,7 @@ from u2net.weights import default_weights_path, download
 
 from GlobalVariables import Settings, SettingsError, configure_logging, model_entry
 
+from .composites import ORIGINAL_BACKGROUNDS
 from .fields import MODEL, OPTIONS
 
 log = logging.getLogger("u2net_service.cli")
@@ -99,6 +100,14 @@ def _load_service(settings: Settings, model: str | None = None, weights: Path | 
                     warm_up_pipeline=False)
 
 
+def _background_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in ORIGINAL_BACKGROUNDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(ORIGINAL_BACKGROUNDS)}")
+    return names
+
+
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from .evaluate import ModeSpec, WorstEdges, evaluate, summarise, write_outputs
 
@@ -118,7 +127,8 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         label = (f"{name}:{weights.stem}/" if weights else f"{name}/") if len(models) > 1 else ""
         these, _, these_sheet = evaluate(args.data, modes, runtime.mask_for, label=label,
                                          refine=service.remover.refine,
-                                         composites=composites, limit=args.limit, worst=worst)
+                                         composites=composites, limit=args.limit, worst=worst,
+                                         backgrounds=args.backgrounds)
         rows += these
         sheet += these_sheet
         service.close()
@@ -330,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--composites", action=argparse.BooleanOptionalAction,
                     help="put each subject on plain and generated backgrounds first, and score "
                          "the cut-outs on new ones too (default: on for an alphas/ folder)")
+    ev.add_argument("--backgrounds", type=_background_names,
+                    help="with composites, only these original backgrounds, comma-separated "
+                         f"(of {', '.join(ORIGINAL_BACKGROUNDS)}; default: all)")
     ev.add_argument("--limit", type=int, help="only the first N images")
     ev.set_defaults(run=_cmd_evaluate)
 

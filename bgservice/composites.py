@@ -46,10 +46,22 @@ def generated_scene(height: int, width: int, seed: int) -> np.ndarray:
     return np.clip(scene, 0, 255).astype(np.uint8)
 
 
-def original_backgrounds(height: int, width: int) -> dict[str, np.ndarray]:
-    """name -> HxWx3 uint8: the plain colours and the generated scenes, at the photo's size."""
-    out = {name: np.full((height, width, 3), colour, np.uint8) for name, colour in PLAIN.items()}
-    out.update({name: generated_scene(height, width, seed) for name, seed in SCENE_SEEDS.items()})
+ORIGINAL_BACKGROUNDS = (*PLAIN, *SCENE_SEEDS)
+
+
+def original_backgrounds(height: int, width: int,
+                         names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """name -> HxWx3 uint8: the plain colours and the generated scenes (or those in `names`), at
+    the photo's size."""
+    unknown = set(names or ()) - set(ORIGINAL_BACKGROUNDS)
+    if unknown:
+        raise ValueError(f"unknown background(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(ORIGINAL_BACKGROUNDS)}")
+    wanted = names or ORIGINAL_BACKGROUNDS
+    out = {name: np.full((height, width, 3), colour, np.uint8)
+           for name, colour in PLAIN.items() if name in wanted}
+    out.update({name: generated_scene(height, width, seed)
+                for name, seed in SCENE_SEEDS.items() if name in wanted})
     return out
 
 

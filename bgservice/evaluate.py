@@ -132,8 +132,10 @@ class _Case:
     band: np.ndarray | None = None  # composites: the true alpha's edge band (one per image)
 
 
-def _cases(data: Path, composites: bool, limit: int | None):
-    """Each image as given or, with `composites`, its subject put on every original background."""
+def _cases(data: Path, composites: bool, limit: int | None,
+           backgrounds: tuple[str, ...] | None = None):
+    """Each image as given or, with `composites`, its subject put on every original background
+    (or on those named in `backgrounds`)."""
     for stem, image_path, gt_path, trimap_path in find_cases(Path(data))[:limit]:
         image = decode_image(image_path.read_bytes(), 10**9)
         gt = _gray(gt_path)
@@ -145,7 +147,7 @@ def _cases(data: Path, composites: bool, limit: int | None):
             yield _Case(stem, image.rgb, image.alpha, gt, unknown)
             continue
         band = comp.edge_band(gt)
-        for name, background in comp.original_backgrounds(*gt.shape).items():
+        for name, background in comp.original_backgrounds(*gt.shape, backgrounds).items():
             yield _Case(stem, comp.source_photo(image.rgb, gt, background), None, gt, unknown,
                         name, image.rgb, band)
 
@@ -165,21 +167,23 @@ def _composite_scores(rgba: np.ndarray, case: _Case) -> dict:
 def evaluate(data: Path, modes: list[ModeSpec], mask_fn, out: Path | None = None,
              sheet_height: int = 160, log=print, label: str = "",
              refine: post.RefineParams = post.REFINE, composites: bool = False,
-             limit: int | None = None, worst: WorstEdges | None = None):
+             limit: int | None = None, worst: WorstEdges | None = None,
+             backgrounds: tuple[str, ...] | None = None):
     """Run every case through `mask_fn` (RGB -> uint8 mask) and each mode (refine with `refine`,
     the model's parameters: post.refine_params).
 
     With `composites` (for fractional ground truth, e.g. the portraits), each photo's subject is
     first put on every original background of bgservice.composites, and each result is also
     scored on the new backgrounds there (composite_edge, composite_whole, 0-255): one row per
-    image, original background and mode. `limit`: only the first so many images. `worst`
+    image, original background and mode; `backgrounds`: only these original backgrounds (names
+    of composites.original_backgrounds). `limit`: only the first so many images. `worst`
     collects the close-ups of the worst edges (one collector may serve several models' runs).
 
     Returns (rows, summary, contact-sheet rows); rows' mode is prefixed with `label` (a model's
     name when several are compared). With `out`, also writes the CSVs and the contact sheets."""
     rows, sheet = [], []
     worst = WorstEdges() if worst is None else worst
-    for case in _cases(Path(data), composites, limit):
+    for case in _cases(Path(data), composites, limit, backgrounds):
         started = time.perf_counter()
         mask = mask_fn(case.rgb)
         mask_ms = (time.perf_counter() - started) * 1000

@@ -133,3 +133,13 @@ def test_the_harness_names_refined_threshold_modes():
         ModeSpec.parse("soft+refined")
     with pytest.raises(ValueError, match="unknown addition 'blur'"):
         ModeSpec.parse("soft+blur")
+
+
+def test_original_backgrounds_can_be_chosen_by_name():
+    from bgservice import composites as comp
+
+    assert list(comp.original_backgrounds(4, 5)) == list(comp.ORIGINAL_BACKGROUNDS)
+    chosen = comp.original_backgrounds(4, 5, ("blue", "scene-a"))
+    assert list(chosen) == ["blue", "scene-a"] and chosen["blue"].shape == (4, 5, 3)
+    with pytest.raises(ValueError, match="unknown background"):
+        comp.original_backgrounds(4, 5, ("purple",))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -71,23 +72,25 @@ def test_options_are_the_services_with_its_messages(session):
         session.remove(12)
 
 
-def test_remove_makes_one_session_per_model_however_many_threads_ask(random_weights, monkeypatch):
-    monkeypatch.setenv("U2NET_MODEL", "u2netp")
-    monkeypatch.setenv("U2NET_WEIGHTS", str(random_weights))
-    monkeypatch.setenv("U2NET_DEVICE", "cpu")
+def test_remove_makes_one_session_per_model_however_many_threads_ask(session, monkeypatch):
     made = []
-    real = library.new_session
-    monkeypatch.setattr(library, "new_session", lambda model: made.append(model) or real(model))
+
+    def slow_new_session(model):  # as loading takes seconds: every thread arrives meanwhile
+        made.append(model)
+        time.sleep(0.5)
+        return session
+
+    monkeypatch.setattr(library, "new_session", slow_new_session)
+    monkeypatch.setattr(library, "_sessions", {})
     rgb = photo(64, 48, seed=5)
     results: list[np.ndarray] = []
-    try:
-        threads = [threading.Thread(target=lambda: results.append(bgservice.remove(rgb)))
-                   for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert made == [None] and len(results) == 4
-        assert all(np.array_equal(r, results[0]) for r in results)
-    finally:
-        library._close_sessions()
+    threads = [threading.Thread(target=lambda: results.append(bgservice.remove(rgb)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert made == [None] and len(results) == 4
+    np.testing.assert_array_equal(results[0], session.remove(rgb))
+    bgservice.remove(rgb, model="u2netp")
+    assert made == [None, "u2netp"]  # another model: another session

@@ -63,8 +63,10 @@ def test_on_portrait_composites_refined_threshold_edges_meet_the_websites_target
     modes = [ModeSpec.parse(m) for m in ("soft", "refine", "threshold:200",
                                            "threshold:200+refined")]
     rows, _, _ = evaluate(shared_path("data", "portraits"), modes, real_u2netp.mask_for,
-                          log=lambda *_: None, composites=True, limit=6)
+                          log=lambda *_: None, composites=True, limit=6,
+                          backgrounds=("green", "blue"))
     plain = [r for r in rows if r["background"] in ("green", "blue")]
+    assert len(plain) == len(rows) == 6 * 2 * len(modes)
 
     def mean(mode, metric):
         return float(np.mean([r[metric] for r in plain if r["mode"] == mode]))
