@@ -22,6 +22,7 @@ def api_app(tmp_path, random_weights, runtime):
 EXAMPLES_PER_OPERATION = 25  # bounded: the whole property test runs in well under a minute
 
 
+@pytest.mark.slow  # keeps `pytest -m "not slow"` under a minute
 def test_api_conforms_to_its_description(api_app):
     """Every described operation, with generated valid and invalid inputs: no 500, and every
     status, content type, header and body as described."""

@@ -158,6 +158,7 @@ def test_resume_continues_from_the_saved_step(tmp_path):
         train(small_config(tmp_path / "other", images, masks, resume=True))
 
 
+@pytest.mark.slow  # keeps `pytest -m "not slow"` under a minute
 def test_fine_tuning_starts_from_given_weights_in_bf16(tmp_path, random_weights):
     images, masks = write_pairs(tmp_path / "train", 4)
     summary = train(small_config(tmp_path, images, masks, init=random_weights, steps=2,
