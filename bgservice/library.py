@@ -46,8 +46,10 @@ def _options(default_mode: str, given: dict[str, Any]) -> OutputOptions:
     def text(value: Any) -> str:
         if isinstance(value, bool):
             return "1" if value else "0"
-        if isinstance(value, tuple | list):  # a colour as (r, g, b)
-            return ",".join(str(int(v)) for v in value)
+        if isinstance(value, tuple | list):  # a colour as (r, g, b) or (r, g, b, a)
+            if len(value) == 4 and all(isinstance(v, int) and 0 <= v <= 255 for v in value):
+                return "#" + "".join(f"{v:02x}" for v in value)
+            return ",".join(str(v) for v in value)
         return str(value)
 
     return parse_options({k: text(v) for k, v in given.items() if v is not None}, default_mode)

@@ -62,6 +62,10 @@ def test_options_are_the_services_with_its_messages(session):
     assert on_red.shape == (64, 96, 3)
     np.testing.assert_array_equal(on_red, session.remove(rgb, mode="soft", bg_color="red"))
     assert session.remove(rgb, only_mask=True).shape == (64, 96)
+    see_through = session.remove(rgb, mode="soft", bg_color=(255, 0, 0, 128))
+    assert see_through.shape == (64, 96, 4)
+    np.testing.assert_array_equal(see_through, session.remove(rgb, mode="soft",
+                                                              bg_color="#ff000080"))
     with pytest.raises(BadRequest, match="'threshold' must be an integer from 0 to 255"):
         session.remove(rgb, threshold=300)
     with pytest.raises(BadRequest, match="unknown option"):
