@@ -147,7 +147,7 @@ def _cases(data: Path, composites: bool, limit: int | None,
             yield _Case(stem, image.rgb, image.alpha, gt, unknown)
             continue
         band = comp.edge_band(gt)
-        for name, background in comp.original_backgrounds(*gt.shape, backgrounds).items():
+        for name, background in comp.original_backgrounds(gt.shape[0], gt.shape[1], backgrounds).items():
             yield _Case(stem, comp.source_photo(image.rgb, gt, background), None, gt, unknown,
                         name, image.rgb, band)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 import requests
@@ -74,6 +75,12 @@ def test_two_gunicorn_workers_report_one_merged_view(sandbox, random_weights):
     """Multiprocess mode: whichever worker answers /metrics, it counts every worker's requests."""
     with u2netp_server(sandbox["root"], random_weights, WEB_CONCURRENCY="2") as (base, output):
         save_image(sandbox["root"] / "in.png", photo(120, 90))
+        # the server is ready when one worker is: wait until both answer /ready with 200
+        deadline, in_a_row = time.monotonic() + 120, 0
+        while in_a_row < 10 and time.monotonic() < deadline:
+            ready = requests.get(f"{base}/ready", timeout=10, headers={"Connection": "close"})
+            in_a_row = in_a_row + 1 if ready.status_code == 200 else 0
+            time.sleep(0 if in_a_row else 0.5)
         for i in range(6):  # new connections: gunicorn spreads them over both workers
             reply = requests.post(f"{base}/remove-background", timeout=60, headers={
                 "Connection": "close"}, json={"sourceImagePath": "/in.png",
