@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import BadRequest
-from .fields import OPTIONS
+from .fields import MODEL, OPTIONS, refuse_unknown
 from .imageio import DecodedImage, decode_image, from_array, from_pil
 from .options import OutputOptions, compose_output, encode_output, parse_options
 
@@ -38,10 +38,8 @@ OUTPUT_KINDS = ("pil", "array", "bytes")
 
 def _options(default_mode: str, given: dict[str, Any]) -> OutputOptions:
     """Keyword options checked as the upload endpoint checks its fields (one set of rules)."""
-    names = {f.name for f in OPTIONS} - {"model"}
-    unknown = sorted(set(given) - names)
-    if unknown:
-        raise BadRequest(f"unknown option(s) {', '.join(unknown)}; expected {', '.join(sorted(names))}")
+    # a session runs one model: `model` belongs to remove() and new_session(), not here
+    refuse_unknown(given, (f.name for f in OPTIONS if f is not MODEL), "option")
 
     def text(value: Any) -> str:
         if isinstance(value, bool):
