@@ -26,6 +26,7 @@ from u2net.registry import (
 )
 
 from bgservice.logdb import DatabaseLogHandler, LogDbConfig, LogDbSettingsError
+from bgservice.logs import LOG_FORMATS
 from Image_PostProcesser import THRESHOLD_EDGES
 
 
@@ -250,7 +251,7 @@ class Settings:
             port=_number(env, "PORT", cls.port, 1, 65535),
             api_token=_token(env, "U2NET_API_TOKEN"),
             log_level=level,
-            log_format=_choice(env, "LOG_FORMAT", cls.log_format, ("text", "json")),
+            log_format=_choice(env, "LOG_FORMAT", cls.log_format, LOG_FORMATS),
             log_db=_log_db(env),
             warmup_runs=_number(env, "U2NET_WARMUP_RUNS", cls.warmup_runs, 0, 100),
             web_concurrency=_number(env, "WEB_CONCURRENCY", cls.web_concurrency, 1, 64),
@@ -318,10 +319,10 @@ def configure_logging(level: str = "INFO", fmt: str = "text",
         if _log_database is None:
             _log_database = DatabaseLogHandler(log_db)
             _log_database.addFilter(RequestIdFilter())
-            atexit.register(close_log_database)
         root.addHandler(_log_database)
 
 
+@atexit.register  # once: a no-op when no writer runs
 def close_log_database(timeout: float = 5.0) -> None:
     """Writes what the log database's queue holds (within `timeout`) and stops its writer: at
     exit, and from gunicorn's worker_exit hook on a graceful stop."""

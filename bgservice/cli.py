@@ -80,24 +80,14 @@ def _cmd_import_onnx(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# Under U2NET_PRECISION=auto, a command with fewer images than this runs exact fp32 (ONNX Runtime)
-# rather than timing centred bf16 against it: on a CPU with AMX, bf16 saves about 0.1-0.3 s per
-# image (U2NETP-U2NET) but compiling costs 10-30 s from the cache and ~2 minutes without it.
-CLI_AUTO_MIN_IMAGES = 100
-
-
 def _load_service(settings: Settings, model: str | None = None, weights: Path | None = None,
                   images: int = 0):
-    """The service for a command (warm, no shared root): the settings, with --model / --weights
-    on top; `images` is how many it will process (CLI_AUTO_MIN_IMAGES)."""
-    from .service import assemble
+    """The service for a command: the settings, with --model / --weights on top; `images` is
+    how many it will process (service.SHORT_JOB_IMAGES)."""
+    from .service import assemble_job
 
-    changes: dict = {k: v for k, v in (("model", model), ("weights", weights)) if v}
-    changes["more_models"] = ()  # a command runs one model (U2NET_MODELS' first, or --model)
-    if settings.precision == "auto" and images < CLI_AUTO_MIN_IMAGES:
-        changes["precision"] = "fp32"
-    return assemble(settings.with_(**changes), shared_root=False, background=False,
-                    warm_up_pipeline=False)
+    changes = {k: v for k, v in (("model", model), ("weights", weights)) if v}
+    return assemble_job(settings, images, **changes)
 
 
 def _background_names(text: str) -> tuple[str, ...]:

@@ -113,21 +113,21 @@ def new_session(model: str | None = None, *, weights: str | os.PathLike | None =
     settings (`settings`: a GlobalVariables.Settings; default: from the environment)."""
     from GlobalVariables import Settings
 
-    from .service import assemble
+    from .service import SHORT_JOB_IMAGES, assemble_job
 
-    settings = settings or Settings.from_env()
-    changes: dict[str, Any] = {"more_models": ()}
-    if model is not None:
-        changes["model"] = model
-        changes["weights"] = None
+    changes: dict[str, Any] = {}
+    if model is not None:  # another model: not U2NET_WEIGHTS, which are the default model's
+        changes.update(model=model, weights=None)
     if weights is not None:
         changes["weights"] = Path(weights)
     if device is not None:
         changes["device"] = device
-    precision = precision or ("fp32" if settings.precision == "auto" else settings.precision)
-    changes["precision"] = precision
-    service = assemble(settings.with_(**changes), shared_root=False, background=False,
-                       warm_up_pipeline=False)
+    if precision is not None:
+        changes["precision"] = precision
+    # A session is a short job (auto runs fp32) unless the caller asks for auto itself: then
+    # it is a long one, and auto may race and compile bf16.
+    images = SHORT_JOB_IMAGES if precision == "auto" else 0
+    service = assemble_job(settings or Settings.from_env(), images, **changes)
     return Session(service)
 
 
