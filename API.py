@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
@@ -37,7 +37,7 @@ from bgservice.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from bgservice.fields import JSON_OPTIONS, PATHS, REMOVE_FIELDS, refuse_unknown
+from bgservice.fields import BG_IMAGE, BG_IMAGE_PATH, JSON_OPTIONS, PATHS, REMOVE_FIELDS, refuse_unknown
 from bgservice.logs import incoming_or_new, request_id
 from bgservice.options import OutputOptions, parse_options, resolve_mode
 from bgservice.paths import SharedRoot
@@ -128,12 +128,14 @@ def _parse_remove_request(body: dict, default_mode: str) -> PathJob:
     for name in PATHS:
         if name not in body:
             raise BadRequest(f"'{name}' is required")
-    given = {name: field.from_json(body[name]) if name in body else field.default
+    given = {field.name: field.from_json(body[name]) if name in body else field.default
              for name, field in JSON_OPTIONS.items()}
-    mode, threshold = resolve_mode(given["mode"], given["threshold"], default_mode)
-    options = OutputOptions(model=given["model"], mode=mode, threshold=threshold,
-                            subject_filter=given["subjectFilter"])
-    return PathJob(body["sourceImagePath"], body["outputImagePath"], options)
+    mode, threshold = resolve_mode(given.pop("mode"), given.pop("threshold"), default_mode)
+    options = OutputOptions(mode=mode, threshold=threshold,
+                            **{k: v for k, v in given.items() if v is not None})
+    # bgImagePath: checked by SharedRoot.parse like the other two (null: not given)
+    return PathJob(body["sourceImagePath"], body["outputImagePath"], options,
+                   body.get(BG_IMAGE_PATH))
 
 
 def _result_json(result: PathResult) -> dict:
@@ -204,8 +206,10 @@ def remove_background_batch():
 def api_remove():
     """Upload an image (multipart `file` or the raw body); get the cut-out's bytes back."""
     state = _state()
-    data, values = _upload()
+    data, values, background = _upload()
     options = parse_options(values, state.settings.default_mode)
+    if background is not None:
+        options = replace(options, bg_image=background)
     rendered = state.remover.process(data, options, want_bbox=True)
     response = Response(rendered.data, mimetype=rendered.content_type)
     bbox = ",".join(map(str, rendered.bbox)) if rendered.bbox else "none"
@@ -249,8 +253,9 @@ for _name in WEB_FILES:  # the page's script and style (a strict CSP allows no i
                         lambda name=_name: send_from_directory(WEB_DIR, name), methods=["GET"])
 
 
-def _upload() -> tuple[bytes, dict]:
-    """(image bytes, option strings) from a multipart form or a raw body plus query string."""
+def _upload() -> tuple[bytes, dict, bytes | None]:
+    """(image bytes, option strings, background picture's bytes or None) from a multipart form
+    (fields `file` and `bg_image`) or a raw body plus query string."""
     if request.content_length is None:  # chunked: read it now, so that its size is checked
         _whole_body()
     values = dict(request.args)
@@ -261,11 +266,16 @@ def _upload() -> tuple[bytes, dict]:
         for key in request.form:
             values[key] = request.form[key]
         data = upload.read()
+        picture = request.files.get(BG_IMAGE)
+        background = picture.read() if picture is not None else None
+        if background == b"":
+            raise BadRequest(f"'{BG_IMAGE}' is empty: send a picture, or leave the field out")
     else:  # raw body; never parse it as a form (curl --data-binary sends a form content type)
         data = request.get_data(cache=False, parse_form_data=False)
+        background = None
     if not data:
         raise BadRequest("send an image: a multipart field 'file', or the raw request body")
-    return data, values
+    return data, values, background
 
 
 def _batch_jobs(body: dict) -> list:

@@ -1,6 +1,6 @@
 """Peak memory per megapixel of each stage of the pipeline, per output mode.
 
-    python bench/memory.py [--megapixels 12,24] [--modes threshold,soft,refine,refine+bg]
+    python bench/memory.py [--megapixels 12,24] [--modes threshold,soft,refine,refine+bg,refine+blur]
 
 For each mode and size, a fresh process (so that nothing is cached from the last case) warms the
 pipeline up on a small photo, then runs one large synthetic photo through the real stages (decode,
@@ -23,6 +23,7 @@ SHARED = PROJECT.parent / "shared"
 
 CHILD = r"""
 import json, sys
+from dataclasses import replace
 import cv2, numpy as np, torch
 from pathlib import Path
 from u2net.model import U2NETP
@@ -46,12 +47,14 @@ if not Path(weights).exists():
 runtime = ModelRuntime.load(RuntimeOptions(model="u2netp", weights=Path(weights), warmup_runs=1,
                                            precision="fp32", cache_dir=Path(weights).parent))
 runtime.start(background=False)
-mode, _, extra = mode.partition("+")  # "refine+bg": over a colour instead of transparent
+mode, _, extra = mode.partition("+")  # "refine+bg": over a colour instead of transparent;
+# +blur: the original background blurred (bg_blur 20); +image: a picture of the same size behind
 options = OutputOptions(mode=mode, threshold=200 if mode == "threshold" else None,
-                        bg_color=(255, 255, 255) if extra == "bg" else None)
+                        bg_color=(255, 255, 255) if extra == "bg" else None,
+                        bg_blur=20 if extra == "blur" else 0)
 
-def photo(width, height):
-    rng = np.random.default_rng(0)
+def photo(width, height, seed=0):
+    rng = np.random.default_rng(seed)
     field = cv2.resize(rng.integers(0, 256, (9, 16, 3), dtype=np.uint8), (width, height),
                        interpolation=cv2.INTER_CUBIC)
     noise = rng.integers(0, 24, (height, width, 3), dtype=np.uint8)
@@ -70,8 +73,12 @@ def run(data):
         return out
     image = stage("decode", lambda: decode_image(data, 10**9))
     mask = stage("mask", lambda: runtime.mask_for(image.rgb))
-    pixels = stage("compose", lambda: compose_output(image, mask, options)[0])
-    stage("encode", lambda: encode_output(pixels, options.format))
+    chosen = options
+    if extra == "image":  # decoded before the stage: its own decode is BG_IMAGE_BYTES_PER_PIXEL
+        chosen = replace(options, bg_image=decode_image(photo(*image.size, seed=1), 10**9))
+    pixels = stage("compose", lambda: compose_output(image, mask, chosen)[0])
+    del chosen
+    stage("encode", lambda: encode_output(pixels, options.output_format))
     return stages
 
 run(photo(640, 480))
@@ -93,8 +100,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megapixels", default="12,24")
-    parser.add_argument("--modes", default="threshold,soft,refine,threshold+bg,refine+bg",
-                        help="modes; +bg: composited onto a colour (bg_color)")
+    parser.add_argument("--modes", default="threshold,soft,refine,threshold+bg,refine+bg,"
+                                           "refine+blur,refine+image",
+                        help="modes; +bg: composited onto a colour (bg_color); +blur: the "
+                             "original background blurred (bg_blur); +image: onto a picture "
+                             "(bg_image)")
     args = parser.parse_args()
     real = SHARED / "models" / "u2netp" / "u2netp.pth"
     weights = real if real.exists() else PROJECT / "bench" / "out" / "random-u2netp.pth"

@@ -26,7 +26,7 @@ from u2net.weights import default_weights_path, download
 from GlobalVariables import Settings, SettingsError, configure_logging, model_entry
 
 from .composites import ORIGINAL_BACKGROUNDS
-from .fields import MODEL, OPTIONS
+from .fields import BG_IMAGE_HELP, MODEL, OPTIONS
 
 log = logging.getLogger("u2net_service.cli")
 
@@ -203,18 +203,37 @@ def _output_problem(inputs: list[str], output: Path | None) -> str | None:
     return None
 
 
-def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
-    from .errors import BadRequest
+class UsageError(Exception):
+    """Bad command-line input: printed as `error: <message>`, exit code 2."""
+
+
+def _remove_options(args: argparse.Namespace, settings: Settings):
+    """The cut-out options of `remove` and `watch`, checked with the service's messages (the
+    same strings the upload endpoint takes); --bg-image decoded once for every input."""
+    from dataclasses import replace
+
+    from .errors import ServiceError
+    from .imageio import decode_image
     from .options import parse_options
 
     given = {f.name: getattr(args, f.name) for f in OPTIONS if f is not MODEL}
-    try:  # as strings, checked with the service's messages
+    try:
         options = parse_options({k: str(int(v) if isinstance(v, bool) else v)
                                  for k, v in given.items() if v not in (None, False)},
                                 settings.default_mode)
-    except BadRequest as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        if args.bg_image is not None:
+            picture = decode_image(args.bg_image.read_bytes(), settings.max_image_pixels,
+                                   "--bg-image")
+            options = replace(options, bg_image=picture)
+    except ServiceError as exc:  # BadRequest; NotAnImage, TooLarge for the picture
+        raise UsageError(exc.message) from None
+    except OSError as exc:
+        raise UsageError(f"--bg-image {args.bg_image}: {exc.strerror or exc}") from None
+    return options
+
+
+def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    options = _remove_options(args, settings)
     problem = _output_problem(args.inputs, args.output)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -310,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     for field in OPTIONS:  # the service's options, described once (bgservice/fields.py)
         if field is not MODEL:  # --model below: the CLI loads the one model it runs
             field.add_option(rm)
+    rm.add_argument("--bg-image", type=Path, help=BG_IMAGE_HELP)
     rm.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     rm.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     rm.add_argument("--model", help="model name (default: $U2NET_MODEL)")
@@ -376,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         configure_logging(settings.log_level, settings.log_format)
         return args.run(args, settings)
-    except (SettingsError, UnknownModel) as exc:
+    except (SettingsError, UnknownModel, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModelLoadError as exc:  # weights missing or bad, an ONNX import refused

@@ -22,7 +22,7 @@ import Image_PostProcesser as post
 from .errors import BadRequest
 
 # Output formats and their content types; "auto" (FORMAT_CHOICES) is JPEG when a background
-# colour fills every pixel, else PNG (options.OutputOptions.output_format).
+# fills every pixel, else PNG (options.OutputOptions.output_format).
 FORMATS = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
 FORMAT_CHOICES = (*FORMATS, "auto")
 MAX_COLOR_TEXT = 64
@@ -216,19 +216,33 @@ OPTIONS: tuple[Field, ...] = (
     MODEL, MODE, THRESHOLD,
     Field("only_mask", "bool", "Return the 8-bit grayscale mask instead of the cut-out"),
     Field("bg_color", "color", "Composite onto this colour instead of transparency: a CSS name "
-          "(red), #rgb, #rrggbb, #rrggbbaa (see-through), rgb(r,g,b) or r,g,b"),
+          "(red), #rgb, #rrggbb, #rrggbbaa (see-through), rgb(r,g,b) or r,g,b; with bg_image, "
+          "what shows where the picture does not", json_name="bgColor"),
     Field("crop", "bool", "Crop to the subject's bounding box"),
     Field("padding", "padding", "Margin around the crop: pixels (20 or 20px) or a percentage of "
           "the subject's width and height (10%)", lo=0, hi=MAX_PADDING),
     Field("format", "choice", "png (default), lossless webp, jpg (quality 90; transparency "
-          "flattened onto bg_color or white), or auto: jpg when bg_color fills every pixel, "
-          "else png", choices=FORMAT_CHOICES),
+          "flattened onto bg_color or white), or auto: jpg when a background fills every "
+          "pixel (an opaque bg_color, bg_blur, or bg_image with bg_fit cover), else png",
+          choices=FORMAT_CHOICES),
     SUBJECT_FILTER,
+    Field("bg_fit", "choice", "How bg_image fills the frame: cover (default; scaled to fill it, "
+          "the overflow cropped evenly) or contain (scaled to fit inside, the margins bg_color "
+          "or transparent)", json_name="bgFit", choices=post.BG_FITS),
+    Field("bg_blur", "int", "Blur the background, subject sharp: 1-100, the blur's radius in "
+          "thousandths of the image's shorter side (20: a portrait lens's look). Blurs the "
+          "original background, or bg_image when one is given", json_name="bgBlur", lo=0, hi=100),
 )
+# The background picture: an uploaded file in the upload endpoint (multipart field `bg_image`),
+# a path inside the shared root in the JSON API, a file on the command line (--bg-image).
+BG_IMAGE = "bg_image"
+BG_IMAGE_PATH = "bgImagePath"
+BG_IMAGE_HELP = ("A picture to put behind the subject (scaled by bg_fit; with the refine mode the "
+                 "subject's edges keep their own colours, without a halo of the old background)")
 # The JSON API's cut-out fields (besides the two paths), by their JSON names.
 JSON_OPTIONS: dict[str, Field] = {f.json_name: f for f in OPTIONS if f.json_name}
 PATHS = ("sourceImagePath", "outputImagePath")
-REMOVE_FIELDS = (*PATHS, *(f.json_name for f in OPTIONS if f.json_name))
+REMOVE_FIELDS = (*PATHS, BG_IMAGE_PATH, *(f.json_name for f in OPTIONS if f.json_name))
 
 
 def refuse_unknown(given: Iterable[object], allowed: Iterable[str], noun: str) -> None:

@@ -77,22 +77,22 @@ def _split_modes(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(im), None
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, max_pixels: int, what: str = "the source image") -> Image.Image:
     """Read only the header of untrusted bytes: the format is allowed and the pixel count within
-    `max_pixels` (nothing decoded yet). Raises NotAnImage or TooLarge."""
+    `max_pixels` (nothing decoded yet). Raises NotAnImage or TooLarge, naming `what`."""
     try:
         im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
-        raise NotAnImage("the source is not a decodable image (supported: "
+        raise NotAnImage(f"{what} is not a decodable image (supported: "
                          + ", ".join(ALLOWED_FORMATS) + ")") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise NotAnImage(f"the source image header is corrupt ({exc})") from None
+        raise NotAnImage(f"{what}'s header is corrupt ({exc})") from None
     width, height = im.size
     if width * height > max_pixels:
-        raise TooLarge(f"image is {width}x{height} = {width * height} pixels; "
+        raise TooLarge(f"{what} is {width}x{height} = {width * height} pixels; "
                        f"the limit is {max_pixels}")
     if width == 0 or height == 0:
-        raise NotAnImage("the source image is empty (0 pixels)")
+        raise NotAnImage(f"{what} is empty (0 pixels)")
     return im
 
 
@@ -119,7 +119,7 @@ def from_array(array: np.ndarray) -> DecodedImage:
     return DecodedImage(np.ascontiguousarray(array), None, "array", "RGB")
 
 
-def decode_opened(im: Image.Image) -> DecodedImage:
+def decode_opened(im: Image.Image, what: str = "the source image") -> DecodedImage:
     """An image from `open_image` -> DecodedImage (first frame, upright). Raises NotAnImage."""
     fmt = im.format or "unknown"
     mode = im.mode
@@ -129,13 +129,13 @@ def decode_opened(im: Image.Image) -> DecodedImage:
         ImageOps.exif_transpose(im, in_place=True)  # upright; in place: no copy when already so
         rgb, alpha = _split_modes(im)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise NotAnImage(f"the source image data is corrupt or truncated ({exc})") from None
+        raise NotAnImage(f"{what}'s data is corrupt or truncated ({exc})") from None
     return DecodedImage(rgb=np.ascontiguousarray(rgb), alpha=alpha, format=fmt, mode=mode)
 
 
-def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, max_pixels: int, what: str = "the source image") -> DecodedImage:
     """Bytes from an untrusted source -> DecodedImage. Raises NotAnImage or TooLarge."""
-    return decode_opened(open_image(data, max_pixels))
+    return decode_opened(open_image(data, max_pixels, what), what)
 
 
 JPEG_QUALITY = 90

@@ -6,6 +6,7 @@
     png = remove(open("photo.jpg", "rb").read())       # bytes: encoded bytes (PNG by default)
     rgba = remove(numpy_rgb_array, mode="soft")        # an array: an H x W x 4 array
     image = remove(pil_image, bg_color="white")        # a Pillow image: a Pillow image (RGB)
+    scene = remove("photo.jpg", bg_image="beach.jpg")  # on a new background (or bg_blur=20)
 
     with new_session("u2netp", weights="saved_models/u2netp/u2netp.pth") as session:
         for path in paths:
@@ -22,6 +23,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +67,15 @@ class Session:
                output: str | None = None, **options: Any):
         """The cut-out of `image`, of the kind given (a path gives a Pillow image), or of
         `output` ("pil", "array" or "bytes"). Options: mode, threshold, only_mask, bg_color,
-        crop, padding, format (for bytes), subject_filter, as the service takes them."""
+        bg_image (a path, bytes, a Pillow image or an array), bg_fit, bg_blur, crop, padding,
+        format (for bytes), subject_filter, as the service takes them."""
         remover = self._service.remover
         settings = self._service.settings
+        picture = options.pop("bg_image", None)
         chosen = _options(settings.default_mode, options)
         decoded, kind = _decode(image, settings.max_image_pixels)
+        if picture is not None:  # any kind `image` may be
+            chosen = replace(chosen, bg_image=_decode(picture, settings.max_image_pixels)[0])
         if output is not None and output not in OUTPUT_KINDS:
             raise BadRequest(f"output must be one of {', '.join(OUTPUT_KINDS)}, got {output!r}")
         runtime = remover.runtime

@@ -7,7 +7,7 @@ and `encode_output`: there is one way from a mask to the bytes returned.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,15 +34,33 @@ class OutputOptions:
     padding_percent: float = 0.0  # or this percentage of the subject's size (when not 0)
     format: str = "png"
     subject_filter: bool = False  # drop small disconnected regions from the mask first
+    bg_fit: str = "cover"  # how bg_image fills the frame (post.BG_FITS)
+    bg_blur: int = 0  # blur strength 1-100 of the background (post.blur_sigma); 0: none
+    # A picture behind the subject: its bytes as received (the service decodes them within the
+    # request's memory reservation), or already decoded (the Python API).
+    bg_image: bytes | DecodedImage | None = field(default=None, repr=False, compare=False)
 
     @property
     def output_format(self) -> str:
-        """The format written: `format`, with auto resolved (JPEG when a background colour fills
-        every pixel, since there is no transparency left to keep; else PNG)."""
+        """The format written: `format`, with auto resolved (JPEG when a background fills every
+        pixel, since there is no transparency left to keep; else PNG)."""
         if self.format != "auto":
             return self.format
-        filled = self.bg_color is not None and len(self.bg_color) == 3 and not self.only_mask
-        return "jpg" if filled else "png"
+        return "jpg" if self.filled else "png"
+
+    @property
+    def filled(self) -> bool:
+        """Whether a background covers every pixel: an opaque colour, the blurred original, or
+        a picture scaled to cover the frame."""
+        if self.only_mask:
+            return False
+        return ((self.bg_color is not None and len(self.bg_color) == 3) or self.bg_blur > 0
+                or (self.bg_image is not None and self.bg_fit == "cover"))
+
+    @property
+    def backdrop(self) -> bool:
+        """Whether a picture goes behind the subject (bg_image, or the original blurred)."""
+        return not self.only_mask and (self.bg_image is not None or self.bg_blur > 0)
 
     @property
     def content_type(self) -> str:
@@ -107,7 +125,9 @@ def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions
         pixels = post.cut_out(image.rgb, image.alpha, mask, options.mode, options.threshold, refine,
                               threshold_edges)
         alpha = pixels[:, :, 3]
-        if options.bg_color is not None:
+        if options.backdrop:
+            pixels = post.composite_on_image(pixels, backdrop(image, alpha, options))
+        elif options.bg_color is not None:
             pixels = post.composite_on_color(pixels, options.bg_color)
         if options.output_format == "jpg" and pixels.shape[2] == 4:  # JPEG has no alpha
             pixels = post.composite_on_color(pixels, JPEG_BACKGROUND)
@@ -117,6 +137,32 @@ def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions
         x, y, w, h = bbox
         pixels = pixels[y:y + h, x:x + w]
     return np.ascontiguousarray(pixels), bbox
+
+
+def backdrop(image: DecodedImage, alpha: np.ndarray, options: OutputOptions) -> np.ndarray:
+    """What goes behind the cut-out (alpha: the cut-out's): `options.bg_image` (decoded) fitted to
+    the frame, or the original photo with the subject taken out, either blurred by `bg_blur`, and
+    over `bg_color` where it is not opaque."""
+    size = image.size
+    picture = options.bg_image
+    if picture is not None:
+        if not isinstance(picture, DecodedImage):
+            raise TypeError("decode bg_image before composing (DecodedImage)")
+        behind = post.fit_background(post.compose_rgba(picture.rgb, picture.alpha)
+                                     if picture.alpha is not None else picture.rgb,
+                                     size, options.bg_fit)
+        weight = behind[:, :, 3] if behind.shape[2] == 4 else None  # blur only what is there
+    else:
+        behind = image.rgb if image.alpha is None else post.compose_rgba(image.rgb, image.alpha)
+        weight = post.original_background_weight(alpha, image.alpha)
+    if options.bg_blur:
+        sigma = post.blur_sigma(options.bg_blur, behind.shape)
+        rgb = behind if behind.shape[2] == 3 else np.ascontiguousarray(behind[:, :, :3])
+        blurred = post.blurred(rgb, sigma, weight)
+        behind = blurred if behind.shape[2] == 3 else post.compose_rgba(blurred, behind[:, :, 3])
+    if behind.shape[2] == 4 and options.bg_color is not None:
+        behind = post.composite_on_color(behind, options.bg_color)
+    return behind
 
 
 def encode_output(pixels: np.ndarray, fmt: str) -> bytes:

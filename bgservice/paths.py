@@ -191,7 +191,8 @@ class SharedRoot:
 
     def read_source(self, path: RequestPath, max_bytes: int) -> SourceFile:
         """The bytes of an existing regular file (NotFound, BadRequest, TooLarge otherwise)."""
-        not_found = NotFound(f"source image not found: {path.text}")
+        what = "source image" if path.field == "sourceImagePath" else f"'{path.field}'"
+        not_found = NotFound(f"{what} not found: {path.text}")
         try:
             with self._folder(path) as folder:
                 if folder is None:
@@ -209,11 +210,11 @@ class SharedRoot:
             if not stat.S_ISREG(st.st_mode):
                 raise BadRequest(f"'{path.field}' is not a regular file: {path.text}")
             if st.st_size > max_bytes:
-                raise TooLarge(f"source file is {st.st_size} bytes; the limit is {max_bytes}")
+                raise TooLarge(f"{what} file is {st.st_size} bytes; the limit is {max_bytes}")
             with os.fdopen(fd, "rb", closefd=False) as f:
                 data = f.read(max_bytes + 1)  # bounded even if the file grows meanwhile
             if len(data) > max_bytes:
-                raise TooLarge(f"source file is over the limit of {max_bytes} bytes")
+                raise TooLarge(f"{what} file is over the limit of {max_bytes} bytes")
             return SourceFile(data, (st.st_dev, st.st_ino))
         except OSError as exc:
             raise self._os_error(exc, path, "the file") from None

@@ -135,7 +135,7 @@ ESCAPES = ["/../outside/secret.png", "../outside/secret.png", "/Clones/../../out
            "/Clones/4/in.png\x00.png", "/%2e%2e/outside/secret.png", "/link-out/secret.png"]
 
 
-@pytest.mark.parametrize("field", ["sourceImagePath", "outputImagePath"])
+@pytest.mark.parametrize("field", ["sourceImagePath", "outputImagePath", "bgImagePath"])
 @pytest.mark.parametrize("bad", ESCAPES)
 def test_paths_never_leave_the_root(client, sandbox, field, bad):
     (sandbox["root"] / "link-out").symlink_to(sandbox["outside"], target_is_directory=True)

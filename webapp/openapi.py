@@ -8,7 +8,16 @@ from __future__ import annotations
 from importlib import metadata
 
 import Image_PostProcesser as post
-from bgservice.fields import FORMATS, JSON_OPTIONS, MODEL, OPTIONS, PATHS
+from bgservice.fields import (
+    BG_IMAGE,
+    BG_IMAGE_HELP,
+    BG_IMAGE_PATH,
+    FORMATS,
+    JSON_OPTIONS,
+    MODEL,
+    OPTIONS,
+    PATHS,
+)
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -75,6 +84,8 @@ def _spec(settings, max_batch_jobs: int, max_json_bytes: int, models: tuple[str,
             "sourceImagePath": {"type": "string", "example": "/Clones/4/clone-image-with-bg.png",
                                 "description": "Relative to the shared root (leading / allowed)"},
             "outputImagePath": {"type": "string", "example": "/Clones/4/clone-image-no-bg.png"},
+            BG_IMAGE_PATH: {"type": "string", "nullable": True, "example": "/Backgrounds/beach.jpg",
+                            "description": BG_IMAGE_HELP + "; relative to the shared root"},
             **{name: {**_schema(field, models),
                       **({"nullable": True} if field.default is None else {})}
                for name, field in JSON_OPTIONS.items()},
@@ -132,7 +143,9 @@ def _spec(settings, max_batch_jobs: int, max_json_bytes: int, models: tuple[str,
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {
                         "type": "object", "required": ["file"],
-                        "properties": {"file": {"type": "string", "format": "binary"}}}},
+                        "properties": {"file": {"type": "string", "format": "binary"},
+                                       BG_IMAGE: {"type": "string", "format": "binary",
+                                                  "description": BG_IMAGE_HELP}}}},
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 }},
                 "responses": {"200": {"description": "The image (headers: X-Image-Size, "
