@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
 from u2net.registry import ModelLoadError
 from u2net.runtime import ModelRuntime
 from werkzeug.exceptions import HTTPException
@@ -51,7 +52,10 @@ log = logging.getLogger("u2net_service.api")
 MAX_JSON_BYTES = 64 * 1024
 MAX_BATCH_JOBS = 32
 WEB_DIR = Path(__file__).resolve().parent / "webapp" / "static"
-WEB_FILES = ("page.js", "page.css")
+WEB_FILES = ("page.js", "page.css", "docs.js")
+# The browsable API page (/docs): Swagger UI's files, from the swagger-ui-bundle package.
+DOCS_DIR = Path(swagger_ui_path)
+DOCS_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 
 
 @dataclass(frozen=True)
@@ -248,9 +252,20 @@ def web_page():
     return send_from_directory(WEB_DIR, "index.html")
 
 
-for _name in WEB_FILES:  # the page's script and style (a strict CSP allows no inline code)
+for _name in WEB_FILES:  # the pages' scripts and style (a strict CSP allows no inline code)
     routes.add_url_rule(f"/web/{_name}", "web_" + _name.replace(".", "_"),
                         lambda name=_name: send_from_directory(WEB_DIR, name), methods=["GET"])
+
+
+@routes.get("/docs")
+def docs_page():
+    """The API, browsable, with "try it out" (Swagger UI, served from here: works offline)."""
+    return send_from_directory(WEB_DIR, "docs.html")
+
+
+for _name in DOCS_FILES:
+    routes.add_url_rule(f"/docs/{_name}", "docs_" + _name.replace(".", "_").replace("-", "_"),
+                        lambda name=_name: send_from_directory(DOCS_DIR, name), methods=["GET"])
 
 
 def _upload() -> tuple[bytes, dict, bytes | None]:
@@ -340,9 +355,13 @@ def _register_error_handlers(app: Flask) -> None:
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
                "connect-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
-# Open without the token: the probes, and the page's own files (the page then asks for it).
+# The API page: as the page, but Swagger UI sets inline styles (swagger-api/swagger-ui#3370);
+# its scripts are still only this service's own files.
+DOCS_POLICY = PAGE_POLICY.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+# Open without the token: the probes, and the pages' own files (they then ask for it).
 # /metrics too: Prometheus scrapes it, and it holds counts, not callers' data.
-PUBLIC_PATHS = ("/health", "/ready", "/metrics", "/", *(f"/web/{name}" for name in WEB_FILES))
+PUBLIC_PATHS = ("/health", "/ready", "/metrics", "/", *(f"/web/{name}" for name in WEB_FILES),
+                "/docs", *(f"/docs/{name}" for name in DOCS_FILES))
 
 
 def _check_token(expected: str) -> None:
@@ -396,8 +415,9 @@ def _register_request_log(app: Flask) -> None:
     @app.after_request
     def security_headers(response):
         response.headers["X-Content-Type-Options"] = "nosniff"
+        page = response.mimetype == "text/html"
         response.headers["Content-Security-Policy"] = (
-            PAGE_POLICY if response.mimetype == "text/html" else API_POLICY)
+            API_POLICY if not page else DOCS_POLICY if request.path == "/docs" else PAGE_POLICY)
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "no-referrer"
         if response.status_code == 401:

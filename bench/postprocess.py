@@ -6,7 +6,9 @@ Prints the median and 90th percentile of each mode's post-processing alone (the 
 so the refine budget (issue: at most 60 ms at 1920x1080 on 2 cores) can be checked, with each
 mode's ratio to soft's time in the same run (the baseline: the machine is shared and noisy).
 "threshold+refined" is threshold 200 under U2NET_THRESHOLD_EDGES=refined; "refine unbounded" is
-refine without its bound by the mask (bound_frac 0), to show what the bound costs.
+refine without its bound by the mask (bound_frac 0), to show what the bound costs. "refine +
+blur" and "refine + picture" are the whole compose stage with bg_blur 20 or a 4000x3000 bg_image
+(cover), from the mask to the composite.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import numpy as np
 from u2net.runtime import ModelRuntime, RuntimeOptions
 
 import Image_PostProcesser as post
+from bgservice.imageio import from_array
+from bgservice.options import OutputOptions, compose_output
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -39,6 +43,9 @@ def main() -> None:
     runtime.close()
     print(f"1920x1080, real U2NETP mask, {args.repeat} runs per mode (ms; ratio to soft)")
     unbounded = post.RefineParams(bound_frac=0)
+    image = from_array(rgb)
+    picture = from_array(cv2.resize(rgb[::-1], (4000, 3000), interpolation=cv2.INTER_LINEAR))
+    blur, behind = OutputOptions(bg_blur=20), OutputOptions(bg_image=picture)
     cases = {
         "soft": lambda: post.cut_out(rgb, None, mask, "soft"),
         "threshold": lambda: post.cut_out(rgb, None, mask, "threshold", 200),
@@ -46,6 +53,8 @@ def main() -> None:
         "refine unbounded": lambda: post.cut_out(rgb, None, mask, "refine", params=unbounded),
         "threshold+refined": lambda: post.cut_out(rgb, None, mask, "threshold", 200,
                                                   threshold_edges="refined"),
+        "refine + blur": lambda: compose_output(image, mask, blur),
+        "refine + picture": lambda: compose_output(image, mask, behind),
     }
     baseline = None
     for name, run in cases.items():

@@ -7,10 +7,11 @@ import io
 
 import numpy as np
 import pytest
-from conftest import photo, save_image, snapshot
+from conftest import make_settings, photo, save_image, snapshot
 from helpers import blurred_disc_scene
 from PIL import Image
 
+import API
 import Image_PostProcesser as post
 from bgservice import composites
 from bgservice.cli import main as cli_main
@@ -179,9 +180,6 @@ def test_upload_refuses_bad_backgrounds(client, background, form, status, messag
 
 
 def test_a_background_picture_counts_against_the_pixel_limit(sandbox, random_weights, runtime):
-    import API
-    from conftest import make_settings
-
     app = API.create_app(make_settings(sandbox["root"], random_weights, max_image_pixels=20_000),
                          runtime=runtime)
     response = upload(app.test_client(), encoded(photo(160, 120), "JPEG"), encoded(halves(300, 100)))

@@ -190,3 +190,29 @@ def test_the_model_select_offers_the_served_models_and_runs_the_chosen_one(brows
         server.shutdown()
         tiny.close()
 
+
+
+def test_the_api_page_is_served_from_here_and_try_it_out_works(browser, live_server, tmp_path):
+    """/docs: Swagger UI from the swagger-ui-bundle package, nothing from elsewhere, no policy
+    violation, and "try it out" on the website's call cuts out a real file in the shared root."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    source = save_image(tmp_path / "OpenCloneFS/Clones/4/clone-image-with-bg.png", photo(96, 72))
+    browser.get(live_server + "/docs")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock"))
+    sources = browser.execute_script(
+        "return [...document.querySelectorAll('script[src],link[href]')].map(e => e.src || e.href)")
+    assert sources and all(s.startswith(live_server) for s in sources), sources
+    operation = browser.find_element(By.ID, "operations-default-post_remove_background")
+    operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    WebDriverWait(browser, 10).until(lambda d: operation.find_elements(By.CSS_SELECTOR, ".try-out__btn"))
+    operation.find_element(By.CSS_SELECTOR, ".try-out__btn").click()
+    operation.find_element(By.CSS_SELECTOR, ".execute").click()
+    status = WebDriverWait(browser, 60).until(lambda d: operation.find_elements(
+        By.CSS_SELECTOR, ".live-responses-table tbody .response-col_status"))
+    assert status[0].text.strip() == "200"
+    out = Image.open(source.parent / "clone-image-no-bg.png")
+    assert (out.mode, out.size) == ("RGBA", (96, 72))
+    errors = [e for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert not errors, errors

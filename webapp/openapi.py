@@ -79,6 +79,9 @@ def _spec(settings, max_batch_jobs: int, max_json_bytes: int, models: tuple[str,
     remove_request = {
         "type": "object",
         "required": list(PATHS),
+        # the website's request: what /docs fills in for "try it out"
+        "example": {"sourceImagePath": "/Clones/4/clone-image-with-bg.png",
+                    "outputImagePath": "/Clones/4/clone-image-no-bg.png", "threshold": 200},
         "additionalProperties": False,
         "properties": {
             "sourceImagePath": {"type": "string", "example": "/Clones/4/clone-image-with-bg.png",
@@ -181,10 +184,20 @@ def _spec(settings, max_batch_jobs: int, max_json_bytes: int, models: tuple[str,
             "/": {"get": {"summary": "A web page for trying it by hand", "responses": {
                 "200": {"description": "HTML", "content": {"text/html": {
                     "schema": {"type": "string"}}}}}}},
-            **{f"/web/{name}": {"get": {"summary": "The web page's own script or style",
+            **{f"/web/{name}": {"get": {"summary": "The web pages' own script or style",
                                         "responses": {"200": {"description": "The file", "content": {
                                             kind: {"schema": {"type": "string"}}}}}}}
-               for name, kind in (("page.js", "text/javascript"), ("page.css", "text/css"))},
+               for name, kind in (("page.js", "text/javascript"), ("page.css", "text/css"),
+                                  ("docs.js", "text/javascript"))},
+            "/docs": {"get": {"summary": "This description, browsable, with \"try it out\" "
+                                         "(Swagger UI, served from here)", "responses": {
+                "200": {"description": "HTML", "content": {"text/html": {
+                    "schema": {"type": "string"}}}}}}},
+            **{f"/docs/{name}": {"get": {"summary": "Swagger UI's own files (swagger-ui-bundle)",
+                                         "responses": {"200": {"description": "The file", "content": {
+                                             kind: {"schema": {"type": "string"}}}}}}}
+               for name, kind in (("swagger-ui-bundle.js", "text/javascript"),
+                                  ("swagger-ui.css", "text/css"), ("favicon-32x32.png", "image/png"))},
         },
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
                        "schemas": {
