@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import hmac
+import io
 import json
 import logging
 import sys
@@ -28,7 +29,9 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from swagger_ui_bundle import swagger_ui_path
 from u2net.registry import ModelLoadError
 from u2net.runtime import ModelRuntime
+from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException
+from werkzeug.test import encode_multipart  # a documented helper: the multipart body we send
 
 from bgservice import telemetry
 from bgservice.errors import (
@@ -214,8 +217,14 @@ def api_remove():
     options = parse_options(values, state.settings.default_mode)
     if background is not None:
         options = replace(options, bg_image=background)
-    rendered = state.remover.process(data, options, want_bbox=True)
-    response = Response(rendered.data, mimetype=rendered.content_type)
+    # Accept: multipart/form-data (asked for by name, not by */*): the image and its mask in one
+    # response (the web page shows both; one request, one model run).
+    both = "multipart/form-data" in request.accept_mimetypes.values()
+    rendered = state.remover.process(data, options, want_bbox=True, want_mask=both)
+    if both:
+        response = _image_and_mask(rendered, options.output_format)
+    else:
+        response = Response(rendered.data, mimetype=rendered.content_type)
     bbox = ",".join(map(str, rendered.bbox)) if rendered.bbox else "none"
     response.headers.update({
         "X-Image-Size": f"{rendered.width}x{rendered.height}",
@@ -266,6 +275,17 @@ def docs_page():
 for _name in DOCS_FILES:
     routes.add_url_rule(f"/docs/{_name}", "docs_" + _name.replace(".", "_").replace("-", "_"),
                         lambda name=_name: send_from_directory(DOCS_DIR, name), methods=["GET"])
+
+
+def _image_and_mask(rendered, fmt: str) -> Response:
+    """A multipart/form-data body with parts `image` (the output) and `mask` (8-bit PNG):
+    a browser reads it with `Response.formData()`."""
+    parts = {"image": FileStorage(io.BytesIO(rendered.data), f"cutout.{fmt}",
+                                  content_type=rendered.content_type),
+             "mask": FileStorage(io.BytesIO(rendered.mask), "mask.png", content_type="image/png")}
+    boundary, body = encode_multipart(parts)
+    return Response(body, mimetype="multipart/form-data",
+                    content_type=f"multipart/form-data; boundary={boundary}")
 
 
 def _upload() -> tuple[bytes, dict, bytes | None]:

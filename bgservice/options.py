@@ -78,6 +78,7 @@ class Rendered:
     bbox: tuple[int, int, int, int] | None  # subject box in the input image: x, y, w, h
     timings_ms: dict
     model: str  # the served model that made the mask
+    mask: bytes | None = None  # the mask as a PNG, cropped as the output, when asked for
 
 
 def resolve_mode(mode: object, threshold: int | None, default_mode: str) -> tuple[str, int | None]:
@@ -137,6 +138,18 @@ def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions
         x, y, w, h = bbox
         pixels = pixels[y:y + h, x:x + w]
     return np.ascontiguousarray(pixels), bbox
+
+
+def output_mask(mask: np.ndarray, options: OutputOptions,
+                bbox: tuple[int, int, int, int] | None) -> np.ndarray:
+    """The mask beside an output made by compose_output (the page shows both from one request):
+    without its small regions when the subject filter is on, cropped to the output's `bbox`."""
+    if options.subject_filter:
+        mask = post.drop_small_regions(mask)
+    if options.crop and bbox is not None:
+        x, y, w, h = bbox
+        mask = mask[y:y + h, x:x + w]
+    return np.ascontiguousarray(mask)
 
 
 def backdrop(image: DecodedImage, alpha: np.ndarray, options: OutputOptions) -> np.ndarray:

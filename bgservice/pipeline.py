@@ -26,8 +26,9 @@ from .imageio import (
     open_image,
 )
 from .limits import Admission, MemoryBudget, Ticket
-from .options import OutputOptions, Rendered, compose_output, encode_output
+from .options import OutputOptions, Rendered, compose_output, encode_output, output_mask
 from .paths import SharedRoot
+from .png import encode_png
 
 log = logging.getLogger(__name__)
 BG_IMAGE_WHAT = "the background image (bg_image)"
@@ -212,17 +213,20 @@ class BackgroundRemover:
             encode_output(pixels, options.output_format)
 
     def process(self, data: bytes, options: OutputOptions, want_bbox: bool = False,
-                watch: Stopwatch | None = None) -> Rendered:
+                watch: Stopwatch | None = None, want_mask: bool = False) -> Rendered:
         """Image bytes -> the rendered output for `options` (the one pipeline for every caller).
-        `want_bbox`: also find the subject's bounding box (the upload endpoint reports it)."""
+        `want_bbox`: also find the subject's bounding box (the upload endpoint reports it);
+        `want_mask`: also the mask as a PNG, cropped as the output (Rendered.mask)."""
         runtime = self.runtime_for(options.model)
         self.check_ready(runtime)
         with self.admission.ticket() as ticket:
-            return self._render(runtime, data, options, ticket, want_bbox, watch or Stopwatch())
+            return self._render(runtime, data, options, ticket, want_bbox, watch or Stopwatch(),
+                                want_mask=want_mask)
 
     def _render(self, runtime: ModelRuntime, data: bytes, options: OutputOptions, ticket: Ticket,
                 want_bbox: bool, watch: Stopwatch,
-                deliver: Callable[[Rendered], None] | None = None) -> Rendered:
+                deliver: Callable[[Rendered], None] | None = None,
+                want_mask: bool = False) -> Rendered:
         """Decode, mask, compose, encode (and `deliver`) within a memory reservation sized from
         the header, before any pixel is decoded; `ticket` is released once the mask is back."""
         with watch.stage("decode"):
@@ -244,11 +248,12 @@ class BackgroundRemover:
             with watch.stage("compose"):
                 pixels, bbox = compose_output(image, mask, options, want_bbox,
                                               self.refines[runtime.spec.name], self.threshold_edges)
-            del mask
             with watch.stage("encode"):
                 encoded = encode_output(pixels, options.output_format)
+                mask_png = encode_png(output_mask(mask, options, bbox)) if want_mask else None
+            del mask
             rendered = Rendered(encoded, options.content_type, pixels.shape[1], pixels.shape[0],
-                                width, height, bbox, watch.ms, runtime.spec.name)
+                                width, height, bbox, watch.ms, runtime.spec.name, mask_png)
             del pixels, image
             if deliver is not None:
                 deliver(rendered)

@@ -17,7 +17,8 @@ import API
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-SCREENSHOT = os.environ.get("U2NET_SCREENSHOT")  # where to keep the screenshot (e.g. for docs)
+# Where to keep the screenshots (docs/: U2NET_SCREENSHOTS=docs): web-page.png, web-page-phone.png
+SCREENSHOTS = os.environ.get("U2NET_SCREENSHOTS")
 
 
 def need_browser():
@@ -102,24 +103,168 @@ def test_upload_a_photo_and_get_a_real_rgba_cutout(browser, live_server, tmp_pat
     assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", status
     assert "320x240" in status and "mode soft" in status
 
-    # The result image as the page holds it: fetch its blob URL and decode it here.
+    result = result_image(browser)
+    assert result.format == "PNG" and result.mode == "RGBA" and result.size == (320, 240)
+    assert browser.execute_script("return document.getElementById('mask').naturalWidth") == 320
+    link = browser.find_element(By.ID, "download")
+    assert link.get_attribute("download") == "portrait-nobg.png" and link.is_displayed()
+
+    keep_screenshot(browser, tmp_path, "web-page.png")
+
+
+def keep_screenshot(browser, tmp_path, name: str) -> None:
+    shot = tmp_path / name
+    browser.save_screenshot(str(shot))
+    assert Image.open(shot).size[0] > 0
+    if SCREENSHOTS:
+        shutil.copy(shot, os.path.join(SCREENSHOTS, name))
+
+
+def result_image(browser) -> Image.Image:
+    """The result as the page holds it: its blob URL fetched and decoded here."""
     encoded = browser.execute_async_script("""
         const done = arguments[arguments.length - 1];
         fetch(document.getElementById('result').src).then(r => r.arrayBuffer()).then(buf => {
           let s = ''; new Uint8Array(buf).forEach(b => s += String.fromCharCode(b));
           done(btoa(s));
         });""")
-    result = Image.open(io.BytesIO(base64.b64decode(encoded)))
-    assert result.format == "PNG" and result.mode == "RGBA" and result.size == (320, 240)
-    assert browser.execute_script("return document.getElementById('mask').naturalWidth") == 320
-    link = browser.find_element(By.ID, "download")
-    assert link.get_attribute("download") == "portrait-nobg.png" and link.is_displayed()
+    return Image.open(io.BytesIO(base64.b64decode(encoded)))
 
-    shot = tmp_path / "web-page.png"
-    browser.save_screenshot(str(shot))
-    assert Image.open(shot).size[0] > 0
-    if SCREENSHOT:
-        shutil.copy(shot, SCREENSHOT)
+
+def api_calls(browser) -> int:
+    return browser.execute_script("return performance.getEntriesByType('resource')"
+                                  ".filter(e => e.name.includes('/api/remove')).length")
+
+
+def test_keyboard_alone_reaches_every_control_and_runs_it(browser, live_server, tmp_path):
+    """Tab reaches the file picker (visually hidden, still focusable) and then every control,
+    and Enter on the button runs the cut-out; one request brings the result and the mask."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    picture = save_image(tmp_path / "portrait.png", photo(200, 150))
+    browser.get(live_server + "/")
+
+    def tab() -> str:  # a real key press, to whatever has the focus
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        active = browser.switch_to.active_element
+        return active.get_attribute("id") or active.text
+
+    seen = [tab()]
+    while seen[-1] != "file" and len(seen) < 5:
+        seen.append(tab())
+    assert seen[-1] == "file", seen
+    assert browser.execute_script("return getComputedStyle(document.getElementById('drop'))"
+                                  ".outlineStyle") != "none"  # the focus shows on the drop zone
+    # the operating system's file dialog is out of a headless browser's reach: the file is given
+    # to the focused picker as a user's choice would be
+    browser.switch_to.active_element.send_keys(str(picture))
+    reached = [tab()]
+    while reached[-1] != "go" and len(reached) < 20:
+        reached.append(tab())
+    assert {"mode", "subject_filter", "crop", "background", "go"} <= set(reached), reached
+    browser.execute_script("window.progressSeen = []; const p = document.getElementById('progress');"
+                           "new MutationObserver(() => window.progressSeen.push(!p.hidden))"
+                           ".observe(p, {attributes: true});")
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    assert wait_for_outcome(browser) == "done", browser.find_element(By.ID, "status").text
+    assert True in browser.execute_script("return window.progressSeen")  # progress was shown
+    assert api_calls(browser) == 1
+    assert browser.execute_script("return document.getElementById('mask').naturalWidth") == 200
+    assert result_image(browser).size == (200, 150)
+
+
+def test_at_phone_width_nothing_overflows_and_the_result_fills_the_screen(browser, live_server,
+                                                                          tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(390, 844)
+    picture = save_image(tmp_path / "portrait.png", photo(320, 400))
+    browser.get(live_server + "/")
+    width = browser.execute_script("return window.innerWidth")
+    assert width <= 390
+    browser.find_element(By.ID, "file").send_keys(str(picture))
+    browser.find_element(By.ID, "go").click()
+    assert wait_for_outcome(browser) == "done"
+    layout = browser.execute_script("""
+        const d = document.getElementById('drop'), r = document.getElementById('result');
+        return {page: document.documentElement.scrollWidth, drop: [d.scrollWidth, d.clientWidth],
+                result: r.getBoundingClientRect().width};""")
+    assert layout["page"] <= width, layout  # no sideways scrolling
+    assert layout["drop"][0] <= layout["drop"][1], layout  # the drop zone's text is not cut off
+    assert layout["result"] >= width - 60, layout  # one column: the result the screen's width
+    keep_screenshot(browser, tmp_path, "web-page-phone.png")
+
+
+def test_a_new_file_or_an_error_clears_the_old_result(browser, live_server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    good = save_image(tmp_path / "portrait.png", photo(120, 90))
+    bogus = tmp_path / "not-an-image.png"
+    bogus.write_bytes(b"plain text pretending to be a png")
+    browser.get(live_server + "/")
+
+    def on_screen():
+        return browser.execute_script(
+            "return ['mask', 'result'].filter(id => document.getElementById(id).hasAttribute('src'))"
+            ".concat(document.getElementById('download').hidden ? [] : ['download'])")
+
+    browser.find_element(By.ID, "file").send_keys(str(good))
+    browser.find_element(By.ID, "go").click()
+    assert wait_for_outcome(browser) == "done"
+    assert on_screen() == ["mask", "result", "download"]
+    browser.find_element(By.ID, "file").send_keys(str(bogus))
+    assert on_screen() == []  # the old result is not the new file's
+    browser.find_element(By.ID, "go").click()
+    assert wait_for_outcome(browser) == "error"
+    assert on_screen() == []
+    assert "not a decodable image" in browser.find_element(By.ID, "status").text
+    browser.find_element(By.ID, "file").send_keys(str(good))
+    browser.find_element(By.ID, "go").click()
+    assert wait_for_outcome(browser) == "done"
+    assert browser.find_element(By.ID, "status").get_attribute("class") == ""
+    assert api_calls(browser) == 3  # one per click
+
+
+def test_background_crop_and_padding_controls_reach_the_service(browser, live_server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    picture = save_image(tmp_path / "portrait.png", photo(160, 120))
+    beach = save_image(tmp_path / "beach.png", photo(90, 60, seed=4))
+    browser.get(live_server + "/")
+    browser.find_element(By.ID, "file").send_keys(str(picture))
+    background = Select(browser.find_element(By.ID, "background"))
+
+    def run() -> tuple[Image.Image, str]:
+        browser.find_element(By.ID, "go").click()
+        assert wait_for_outcome(browser) == "done", browser.find_element(By.ID, "status").text
+        sent = browser.execute_script("return performance.getEntriesByType('resource')"
+                                      ".filter(e => e.name.includes('/api/remove')).pop().name")
+        return result_image(browser), sent
+
+    background.select_by_value("color")
+    browser.execute_script("const c = document.getElementById('bg_color'); c.value = '#ff0000';"
+                           "c.dispatchEvent(new Event('input'));")
+    image, sent = run()
+    assert image.format == "JPEG" and image.size == (160, 120) and "bg_color=%23ff0000" in sent
+    background.select_by_value("blur")
+    image, sent = run()
+    assert image.format == "JPEG" and "bg_blur=20" in sent
+    background.select_by_value("image")
+    browser.find_element(By.ID, "bg_image").send_keys(str(beach))
+    Select(browser.find_element(By.ID, "bg_fit")).select_by_value("contain")
+    image, sent = run()
+    assert image.format == "JPEG" and "bg_fit=contain" in sent and "bg_blur" not in sent
+    background.select_by_value("none")
+    browser.find_element(By.ID, "crop").click()
+    browser.find_element(By.ID, "padding").send_keys("10%")
+    image, sent = run()
+    assert image.format == "PNG" and image.mode == "RGBA" and "crop=1" in sent \
+        and "padding=10%25" in sent
+    link = browser.find_element(By.ID, "download")
+    assert link.get_attribute("download") == "portrait-nobg.png"
 
 
 def test_errors_are_shown_on_the_page(browser, live_server, tmp_path):

@@ -269,3 +269,28 @@ def test_a_form_field_without_a_name_is_400_not_500(client):
                            content_type=f"multipart/form-data; boundary={boundary}")
     assert response.status_code == 400, response.data
     assert "unknown option(s) ''" in response.json["error"]
+
+
+def test_asking_for_multipart_brings_the_image_and_its_mask_in_one_response(client, runtime):
+    """What the web page asks for (one request, one model run): parts `image` and `mask`, the
+    mask cropped as the image; curl's Accept */* still gets the bare image."""
+    from werkzeug.formparser import parse_form_data
+
+    data = jpeg_bytes(160, 120, seed=2)
+    response = client.post("/api/remove?crop=1&padding=4", data={"file": (io.BytesIO(data), "p.jpg")},
+                           headers={"Accept": "multipart/form-data"},
+                           content_type="multipart/form-data")
+    assert response.status_code == 200 and response.mimetype == "multipart/form-data"
+    environ = {"wsgi.input": io.BytesIO(response.data), "CONTENT_LENGTH": str(len(response.data)),
+               "CONTENT_TYPE": response.headers["Content-Type"], "REQUEST_METHOD": "POST"}
+    files = parse_form_data(environ)[2]
+    image, mask = Image.open(files["image"].stream), Image.open(files["mask"].stream)
+    assert files["image"].content_type == "image/png" and image.mode == "RGBA"
+    assert mask.mode == "L" and mask.size == image.size
+    assert response.headers["X-Image-Size"] == "x".join(map(str, image.size))
+    x, y, w, h = map(int, response.headers["X-Bounding-Box"].split(","))
+    full = runtime.mask_for(decode_image(data, 10**8).rgb)
+    np.testing.assert_array_equal(np.asarray(mask), full[y:y + h, x:x + w])
+    plain = client.post("/api/remove", data={"file": (io.BytesIO(data), "p.jpg")},
+                        headers={"Accept": "*/*"}, content_type="multipart/form-data")
+    assert plain.mimetype == "image/png"

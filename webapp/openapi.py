@@ -152,8 +152,13 @@ def _spec(settings, max_batch_jobs: int, max_json_bytes: int, models: tuple[str,
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 }},
                 "responses": {"200": {"description": "The image (headers: X-Image-Size, "
-                                                     "X-Bounding-Box, X-Mode, X-Model, Server-Timing)",
-                                      "content": image_types},
+                                                     "X-Bounding-Box, X-Mode, X-Model, Server-Timing); "
+                                                     "with 'Accept: multipart/form-data', the image "
+                                                     "and its mask (8-bit PNG) as two parts",
+                                      "content": {**image_types, "multipart/form-data": {"schema": {
+                                          "type": "object", "properties": {
+                                              "image": {"type": "string", "format": "binary"},
+                                              "mask": {"type": "string", "format": "binary"}}}}}},
                               **_errors(400, 401, 413, 422, 500, 503)},
             }},
             "/metrics": {"get": {"summary": "Prometheus metrics (text format 0.0.4), every "
