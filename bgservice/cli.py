@@ -1,6 +1,7 @@
 """The project's command line: `bgremove` (or `python -m bgservice`).
 
     bgremove remove IN... [-o OUT]   cut out files, folders (recursively) or stdin (-)
+    bgremove watch IN OUT      cut out each image that appears in a folder, as it appears
     bgremove download [NAME]   fetch a model's weights from its sources in turn and verify them
     bgremove models            list the models the service knows
     bgremove evaluate DATA     score modes on images with ground truth (CSV + contact sheet)
@@ -262,6 +263,23 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    from .watch import Watcher, watch_problem
+
+    options = _remove_options(args, settings)
+    problem = watch_problem(args.folder, args.output)
+    if problem:
+        raise UsageError(problem)
+
+    def cut_out(pairs: Plan, service) -> int:
+        return _remove_all(pairs, service.remover, options, quiet=True)
+
+    watcher = Watcher(args.folder, args.output, options.output_format, plan=_plan,
+                      load=lambda: _load_service(settings, args.model, args.weights, images=1000),
+                      cut_out=cut_out, quiet=args.quiet)
+    return watcher.run(args.interval, args.max_files, args.idle_exit)
+
+
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from u2net.train import DataError, TrainConfig, train
 
@@ -284,6 +302,17 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     imports the HTTP layer."""
     os.execv(sys.executable, [sys.executable, "-m", "API"])
     return 0  # not reached
+
+
+def _cut_out_options(parser: argparse.ArgumentParser) -> None:
+    """remove's and watch's options: the service's (described once, bgservice/fields.py), the
+    background picture, and the model this run loads."""
+    for field in OPTIONS:
+        if field is not MODEL:  # --model below: the CLI loads the one model it runs
+            field.add_option(parser)
+    parser.add_argument("--bg-image", type=Path, help=BG_IMAGE_HELP)
+    parser.add_argument("--model", help="model name for this run (default: $U2NET_MODEL)")
+    parser.add_argument("--weights", type=Path, help="weights file (default: $U2NET_WEIGHTS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,15 +355,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output file (one input) or folder (several inputs or a folder); "
                          "default: <name>-nobg.<format> beside each input, <folder>-nobg/ for "
                          "a folder, stdout for stdin")
-    for field in OPTIONS:  # the service's options, described once (bgservice/fields.py)
-        if field is not MODEL:  # --model below: the CLI loads the one model it runs
-            field.add_option(rm)
-    rm.add_argument("--bg-image", type=Path, help=BG_IMAGE_HELP)
+    _cut_out_options(rm)
     rm.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     rm.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    rm.add_argument("--model", help="model name (default: $U2NET_MODEL)")
-    rm.add_argument("--weights", type=Path, help="weights file (default: $U2NET_WEIGHTS)")
     rm.set_defaults(run=_cmd_remove)
+
+    wa = sub.add_parser("watch", help="cut out each image that appears in a folder",
+                        description="Polls IN and writes each new image's cut-out into OUT "
+                                    "(the tree kept; images with an output already are left "
+                                    "alone), one at a time. Exit codes: 0 stopped, 1 some file "
+                                    "failed, 2 bad usage.")
+    wa.add_argument("folder", type=Path, help="the folder to watch (recursively)")
+    wa.add_argument("output", type=Path, help="where the cut-outs go (outside the watched folder)")
+    _cut_out_options(wa)
+    wa.add_argument("--interval", type=float, default=1.0,
+                    help="seconds between scans (default 1); a file is taken once it is the same "
+                         "at two scans")
+    wa.add_argument("--max-files", type=int, help="stop after this many images")
+    wa.add_argument("--idle-exit", type=float,
+                    help="stop after this many seconds with nothing new (default: never)")
+    wa.add_argument("--quiet", action="store_true", help="no line per image")
+    wa.set_defaults(run=_cmd_watch)
 
     ev = sub.add_parser("evaluate", help="score the pipeline on images with ground-truth mattes")
     ev.add_argument("data", type=Path,

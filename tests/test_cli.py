@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -170,3 +172,98 @@ def test_evaluate_on_the_portraits_layout_scores_composites_by_default(cli, tmp_
     assert [(r["image"], r["background"]) for r in rows] == [
         ("p0", "green"), ("p0", "blue"), ("p0", "scene-a"), ("p0", "scene-b")]
     assert "composite_edge" in done.stdout.decode() and (tmp_path / "eval" / "worst_edges.png").exists()
+
+
+@pytest.fixture
+def watch(random_weights, tmp_path):
+    """`bgremove watch` started in the background; returns the process."""
+    env = {**os.environ, "U2NET_MODEL": "u2netp", "U2NET_WEIGHTS": str(random_weights),
+           "U2NET_DEVICE": "cpu", "U2NET_CACHE_DIR": str(random_weights.parent / "onnx-cache"),
+           "LOG_LEVEL": "WARNING", "U2NET_PRECISION": "fp32"}
+    started = []
+
+    def start(*args, **env_changes):
+        proc = subprocess.Popen([sys.executable, "-m", "bgservice", "watch", *map(str, args)],
+                                env={**env, **env_changes}, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_watch_cuts_out_images_as_they_appear_even_one_copied_in_slowly(watch, tmp_path):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    proc = watch(inbox, out, "--interval", "0.2", "--idle-exit", "3", "--mode", "soft")
+    time.sleep(0.5)
+    save_image(inbox / "a.png", photo(80, 60, seed=1))
+    save_image(inbox / "sub" / "b.jpg", photo(64, 48, seed=2))
+    (inbox / "notes.txt").write_text("not an image: ignored")
+    slow = io.BytesIO()
+    Image.fromarray(photo(72, 54, seed=3)).save(slow, "PNG")
+    with open(inbox / "c.png", "wb") as f:  # copied in over a second: never read half-written
+        for start in range(0, len(slow.getvalue()), len(slow.getvalue()) // 10 + 1):
+            f.write(slow.getvalue()[start:start + len(slow.getvalue()) // 10 + 1])
+            f.flush()
+            time.sleep(0.1)
+    outputs = [out / "a.png", out / "sub" / "b.png", out / "c.png"]
+    assert wait_for(lambda: all(p.exists() for p in outputs)), proc.stderr
+    _, err = proc.communicate(timeout=60)  # exits 3 s after the last image
+    err = err.decode()
+    assert proc.returncode == 0, err
+    for path, size in zip(outputs, [(80, 60), (64, 48), (72, 54)], strict=True):
+        image = Image.open(path)
+        assert image.mode == "RGBA" and image.size == size
+    assert "error" not in err and "3 done, 0 failed" in err
+    assert f"wrote {out / 'c.png'}" in err
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["a.png", "b.png", "c.png"]
+
+
+def test_watch_stops_on_sigterm_or_after_max_files_and_loads_no_model_for_nothing(watch, tmp_path):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    idle = watch(inbox, out, "--interval", "0.2", U2NET_WEIGHTS=str(tmp_path / "absent.pth"))
+    assert idle.stderr.readline().startswith(b"watching")  # started: its handlers are set
+    time.sleep(0.5)
+    idle.send_signal(signal.SIGTERM)
+    _, err = idle.communicate(timeout=30)
+    assert idle.returncode == 0 and "0 done, 0 failed" in err.decode()  # no model was loaded
+    for name in ("a.png", "b.png"):
+        save_image(inbox / name, photo(40, 30))
+    bounded = watch(inbox, out, "--interval", "0.2", "--max-files", "1", "--quiet")
+    _, err = bounded.communicate(timeout=120)
+    assert bounded.returncode == 0 and err.decode() == ""
+    assert len(list(out.glob("*.png"))) == 1
+    inside = watch(inbox, inbox / "cutouts")
+    _, err = inside.communicate(timeout=30)
+    assert inside.returncode == 2 and "is inside" in err.decode()
+
+
+def test_watch_reports_a_bad_image_once_and_retries_it_when_it_changes(watch, tmp_path):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    (inbox / "bad.png").write_bytes(b"not an image")
+    proc = watch(inbox, out, "--interval", "0.2")
+    assert proc.stderr.readline().startswith(b"watching")
+    time.sleep(2.0)  # ten scans: one error line, not ten
+    save_image(inbox / "bad.png", photo(40, 30))
+    assert wait_for(lambda: (out / "bad.png").exists())
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    err = err.decode()
+    assert err.count("is not a decodable image") == 1, err
+    assert "1 done, 1 failed" in err and proc.returncode == 1
