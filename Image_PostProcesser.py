@@ -598,7 +598,7 @@ def blurred(rgb: np.ndarray, sigma: float, weight: np.ndarray | None = None) -> 
             rgb.astype(np.float32) * weight3 / 255).astype(np.uint8)
         del weight3
     # Shrunk in 8 bits (the block averages' rounding is far below what the blur then spreads).
-    coarse = _resized(rgb, small).astype(np.float32)
+    coarse: np.ndarray = _resized(rgb, small).astype(np.float32)
     sigma_small = max(sigma / scale, 0.5)
     coarse = cv2.GaussianBlur(coarse, (0, 0), sigma_small, borderType=cv2.BORDER_REFLECT)
     if coarse.ndim == 2:
@@ -638,11 +638,11 @@ def composite_on_image(rgba: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
     if backdrop.shape[:2] != rgba.shape[:2]:
         raise ValueError(f"backdrop {backdrop.shape[:2]} and cut-out {rgba.shape[:2]} differ in size")
     if _tiny(rgba):
-        alpha = rgba[:, :, 3].astype(np.float32) / 255
-        below = (1 - alpha) * (1 if backdrop.shape[2] == 3 else backdrop[:, :, 3] / 255)
+        alpha: np.ndarray = rgba[:, :, 3].astype(np.float32) / 255
+        below: np.ndarray = (1 - alpha) * (1 if backdrop.shape[2] == 3 else backdrop[:, :, 3] / 255)
         mixed = (rgba[:, :, :3] * alpha[:, :, None] + backdrop[:, :, :3] * below[:, :, None]) \
             / np.maximum(alpha + below, 1e-5)[:, :, None]
-        rgb = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+        rgb: np.ndarray = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
     else:
         # OpenCV throughout (numpy's strided channel slices cost 20 ms at 1080p, this whole
         # function 12): blendLinear is (w1 a + w2 b) / (w1 + w2) per pixel in one pass.

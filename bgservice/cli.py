@@ -282,6 +282,7 @@ def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from u2net.train import DataError, TrainConfig, train
+    from u2net.train import best_path as best_weights
 
     args.model = args.model or settings.model
     config = TrainConfig(**{k: v for k, v in vars(args).items()
@@ -291,9 +292,17 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    best = summary["best_validation_mae"]
+    best, start, last = (summary["best_validation_mae"], summary["start_validation_mae"],
+                         summary["validation_mae"])
     print(f"trained {summary['steps']} steps; weights in {summary['weights']}"
-          + (f" (best validation MAE {best:.4f})" if best is not None else ""))
+          + (f" (validation MAE {last:.4f}; the starting weights {start:.4f}, best {best:.4f})"
+             if best is not None else ""))
+    for path in summary["timelapse"]:
+        print(f"timelapse: {path}")
+    if summary["worse_than_start"]:
+        print(f"warning: the trained weights score worse on validation than the starting ones "
+              f"({last:.4f} against {start:.4f}); {best_weights(Path(summary['weights']))} holds the "
+              "best seen (the starting weights if nothing beat them)", file=sys.stderr)
     return 0
 
 
@@ -400,8 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train or fine-tune a model on image/mask pairs",
                         description="Trains as the authors did (resize to 320, random 288 crop, "
                                     "BCE on all seven outputs, Adam 1e-3), plus a horizontal flip. "
-                                    "Writes the weights in the official format at every save; "
-                                    "--resume continues from the training state beside them.")
+                                    "Fine-tuning (--init) keeps the batch norms' statistics and "
+                                    "uses 1e-4. The validation set is scored before the first "
+                                    "step and at every save, with a warning when the model gets "
+                                    "worse than it started. Writes the weights in the official "
+                                    "format at every save; --resume continues from the training "
+                                    "state beside them.")
     tr.add_argument("--images", type=Path, required=True, help="folder of training images")
     tr.add_argument("--masks", type=Path, required=True,
                     help="folder of masks with the images' file names (any image extension)")
@@ -411,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init", type=Path, help="start from these weights (fine-tune)")
     tr.add_argument("--steps", type=int, help="optimiser steps (default 10000)")
     tr.add_argument("--batch-size", type=int, help="default 12, as the authors")
-    tr.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    tr.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3 from scratch, "
+                                             "1e-4 when fine-tuning with --init)")
     tr.add_argument("--size", type=int, help="resize side (default: the model's input, 320)")
     tr.add_argument("--crop", type=int, help="random crop side (default 90%% of --size)")
     tr.add_argument("--val-images", type=Path, help="validation images (scored at each save)")
@@ -424,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int)
     tr.add_argument("--resume", action="store_true", default=None,
                     help="continue from <out>.train.pt")
+    tr.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction,
+                    help="keep the batch norms' statistics (default: on with --init; a small "
+                         "batch's statistics wreck pretrained weights)")
+    tr.add_argument("--freeze-encoder", action="store_true", default=None,
+                    help="train the decoder only (small sets)")
+    tr.add_argument("--timelapse", action="store_true", default=None,
+                    help="at every save a strip of image | ground truth | prediction for a few "
+                         "validation pictures (<out>.timelapse/), then an animated GIF (and MP4)")
     tr.set_defaults(run=_cmd_train)
 
     sub.add_parser("serve", help="run the development server on $PORT (5002)").set_defaults(

@@ -40,9 +40,10 @@ INPUTS = ("photo.jpg", "a.jpg", "b.png", "party.jpg", "beach.jpg", "shoots/one.j
 
 def readme_commands() -> list[str]:
     """The shell commands of README.md's ```sh blocks (indented ones too), continuation lines
-    and lines inside open quotes joined: those that run curl or bgremove, and the mkdir/cp lines that prepare their files."""
+    and lines inside open quotes joined: those that run curl or bgremove, and the mkdir/cp
+    lines that prepare their files."""
     commands = []
-    for indent, body in re.findall(r"^( *)```sh\n(.*?)^\1```", README.read_text(), re.S | re.M):
+    for _indent, body in re.findall(r"^( *)```sh\n(.*?)^\1```", README.read_text(), re.S | re.M):
         pending = ""
         for line in textwrap.dedent(body).splitlines():
             if line.rstrip().endswith("\\"):

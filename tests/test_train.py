@@ -195,3 +195,80 @@ def test_isnet_trains_on_its_six_side_outputs_and_saves_official_keys(tmp_path):
     with torch.no_grad():
         sides = net(torch.zeros(1, 3, 64, 64), logits=True)
     assert len(sides) == 6
+
+
+def inverted(folder):
+    """The masks of `folder` turned inside out: training on them teaches the opposite."""
+    for path in folder.iterdir():
+        Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+
+
+@pytest.mark.slow
+def test_a_run_that_makes_the_model_worse_says_so(tmp_path, caplog, capsys):
+    """Validation is scored before the first step; a run that ends worse than it started warns
+    in the log and on the command line, and the best weights stay the starting ones. The time
+    left is in every progress line."""
+    from bgservice.cli import main as cli_main
+
+    images, masks = write_pairs(tmp_path / "train", 4, size=32)
+    val_images, val_masks = write_pairs(tmp_path / "val", 2, size=32, seed=100)
+    good = train(small_config(tmp_path / "good", images, masks, size=32, crop=28, steps=20,
+                              save_every=20, lr=3e-3))["weights"]  # it has learnt the task
+    inverted(masks)  # now training teaches the opposite of what validation expects
+    out = tmp_path / "worse.pth"
+    code = cli_main(["train", "--images", str(images), "--masks", str(masks), "--out", str(out),
+                     "--model", "u2netp", "--init", good, "--steps", "6",
+                     "--batch-size", "4", "--size", "32", "--crop", "28", "--save-every", "3",
+                     "--log-every", "3", "--workers", "0", "--device", "cpu", "--lr", "3e-3",
+                     "--val-images", str(val_images), "--val-masks", str(val_masks)])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "warning: the trained weights score worse on validation than the starting ones" \
+        in printed.err, (printed, caplog.text)
+    assert "the starting weights" in printed.out
+    assert "step 0: validation MAE" in caplog.text and "is worse than the starting weights'" \
+        in caplog.text
+    assert " left" in caplog.text  # the time estimate
+    state = torch.load(state_path(out), weights_only=True)
+    assert state["start_val_mae"] < state["best_val_mae"] + 1e-9
+    best = torch.load(best_path(out), weights_only=True)
+    initial = torch.load(good, weights_only=True)
+    assert all(torch.equal(best[k], initial[k]) for k in initial)  # nothing beat the start
+
+
+@pytest.mark.slow
+def test_fine_tuning_defaults_keep_batch_norm_statistics_and_freeze_encoder_keeps_it(
+        tmp_path, random_weights):
+    images, masks = write_pairs(tmp_path / "train", 4)
+    summary = train(small_config(tmp_path, images, masks, init=random_weights, steps=2,
+                                 freeze_encoder=True, log_every=1))
+    assert summary["lr"] == 1e-4  # the fine-tuning default (1e-3 from scratch)
+    before = torch.load(random_weights, weights_only=True)
+    after = torch.load(tmp_path / "run" / "mine.pth", weights_only=True)
+    encoder = [k for k in before if k.split(".")[0] in {f"stage{i}" for i in range(1, 7)}]
+    decoder = [k for k in before if k.startswith("stage1d.") and k.endswith("weight")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)  # the decoder learned
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert all(torch.equal(before[k], after[k]) for k in statistics)  # batch norms kept
+
+
+@pytest.mark.slow
+def test_timelapse_strips_at_every_save_then_a_gif_and_an_mp4(tmp_path):
+    import cv2
+
+    images, masks = write_pairs(tmp_path / "train", 4)
+    val_images, val_masks = write_pairs(tmp_path / "val", 3, seed=100)
+    summary = train(small_config(tmp_path, images, masks, val_images=val_images,
+                                 val_masks=val_masks, steps=4, save_every=2, timelapse=True))
+    frames = sorted((tmp_path / "run" / "mine.timelapse").glob("step_*.png"))
+    assert [f.name for f in frames] == ["step_00000000.png", "step_00000002.png",
+                                        "step_00000004.png"]
+    strip = Image.open(frames[-1])
+    assert strip.size == (3 * 160, 24 + 3 * 160)  # image | truth | prediction, 3 pictures
+    gif = Image.open(tmp_path / "run" / "mine.timelapse.gif")
+    assert gif.n_frames == 3
+    mp4 = tmp_path / "run" / "mine.timelapse.mp4"
+    assert summary["timelapse"] == [str(tmp_path / "run" / "mine.timelapse.gif"), str(mp4)]
+    video = cv2.VideoCapture(str(mp4))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and video.read()[0]
