@@ -410,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Trains as the authors did (resize to 320, random 288 crop, "
                                     "BCE on all seven outputs, Adam 1e-3), plus a horizontal flip. "
                                     "Fine-tuning (--init) keeps the batch norms' statistics and "
-                                    "uses 1e-4. The validation set is scored before the first "
+                                    "uses 1e-5. The validation set is scored before the first "
                                     "step and at every save, with a warning when the model gets "
                                     "worse than it started. Writes the weights in the official "
                                     "format at every save; --resume continues from the training "
@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, help="optimiser steps (default 10000)")
     tr.add_argument("--batch-size", type=int, help="default 12, as the authors")
     tr.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3 from scratch, "
-                                             "1e-4 when fine-tuning with --init)")
+                                             "1e-5 when fine-tuning with --init)")
     tr.add_argument("--size", type=int, help="resize side (default: the model's input, 320)")
     tr.add_argument("--crop", type=int, help="random crop side (default 90%% of --size)")
     tr.add_argument("--val-images", type=Path, help="validation images (scored at each save)")

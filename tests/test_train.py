@@ -242,7 +242,7 @@ def test_fine_tuning_defaults_keep_batch_norm_statistics_and_freeze_encoder_keep
     images, masks = write_pairs(tmp_path / "train", 4)
     summary = train(small_config(tmp_path, images, masks, init=random_weights, steps=2,
                                  freeze_encoder=True, log_every=1))
-    assert summary["lr"] == 1e-4  # the fine-tuning default (1e-3 from scratch)
+    assert summary["lr"] == 1e-5  # the fine-tuning default (1e-3 from scratch)
     before = torch.load(random_weights, weights_only=True)
     after = torch.load(tmp_path / "run" / "mine.pth", weights_only=True)
     encoder = [k for k in before if k.split(".")[0] in {f"stage{i}" for i in range(1, 7)}]
