@@ -257,6 +257,9 @@ def test_background_crop_and_padding_controls_reach_the_service(browser, live_se
     Select(browser.find_element(By.ID, "bg_fit")).select_by_value("contain")
     image, sent = run()
     assert image.format == "JPEG" and "bg_fit=contain" in sent and "bg_blur" not in sent
+    background.select_by_value("blur")  # back from the picture (blur 0 there): blurs again
+    image, sent = run()
+    assert image.format == "JPEG" and "bg_blur=20" in sent
     background.select_by_value("none")
     browser.find_element(By.ID, "crop").click()
     browser.find_element(By.ID, "padding").send_keys("10%")

@@ -65,7 +65,8 @@ function syncControls() {
       || (kind === "color" && background === "image" && $("bg_fit").value === "contain");
     document.querySelectorAll(".for-" + kind).forEach((el) => { el.hidden = !wanted; });
   }
-  if (background === "image" && $("bg_blur").dataset.touched !== "1") $("bg_blur").value = 0;
+  // untouched, the blur starts where each choice looks right: none on a picture, 20 on the original
+  if ($("bg_blur").dataset.touched !== "1") $("bg_blur").value = background === "image" ? 0 : 20;
 }
 for (const id of ["mode", "crop", "background", "bg_fit"]) $(id).addEventListener("change", syncControls);
 $("bg_blur").addEventListener("input", () => { $("bg_blur").dataset.touched = "1"; });
@@ -86,7 +87,9 @@ function options() {
     params.set("bg_color", $("bg_color").value);
   }
   if (background === "image") params.set("bg_fit", $("bg_fit").value);
-  if ((background === "blur" || background === "image") && Number($("bg_blur").value) > 0) {
+  if (background === "blur") { // "original, blurred" always blurs (0 would mean transparent)
+    params.set("bg_blur", String(Math.max(1, Number($("bg_blur").value))));
+  } else if (background === "image" && Number($("bg_blur").value) > 0) {
     params.set("bg_blur", $("bg_blur").value);
   }
   return params;
