@@ -152,8 +152,12 @@ def test_the_token_guards_every_route_but_the_probes_and_the_page(guarded, sandb
             assert r.status_code == 401, (path, wrong)
             assert "Bearer" in r.get_json()["error"] and r.headers["WWW-Authenticate"].startswith("Bearer")
     assert not (sandbox["root"] / "Clones" / "4" / "out.png").exists()
-    for path in ("/health", "/ready", "/", "/web/page.js", "/web/page.css"):
+    for path in ("/health", "/ready", "/", "/web/page.js", "/web/page.css", "/docs",
+                 "/web/docs.js", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"):
         assert guarded.get(path).status_code == 200, path
+    page = guarded.get("/docs").headers["Content-Security-Policy"]
+    assert "script-src 'self';" in page and "style-src 'self' 'unsafe-inline'" in page
+    assert "unsafe-inline" not in guarded.get("/").headers["Content-Security-Policy"]
     right = {"Authorization": f"Bearer {TOKEN}"}
     for method, path, kwargs in calls:
         assert getattr(guarded, method)(path, headers=right, **kwargs).status_code == 200, path
