@@ -237,6 +237,8 @@ def api_remove():
     })
     if options.mode == "threshold":
         response.headers["X-Threshold"] = str(options.threshold)
+    if both:  # the parts carry their own names
+        del response.headers["Content-Disposition"]
     return response
 
 

@@ -281,6 +281,7 @@ def test_asking_for_multipart_brings_the_image_and_its_mask_in_one_response(clie
                            headers={"Accept": "multipart/form-data"},
                            content_type="multipart/form-data")
     assert response.status_code == 200 and response.mimetype == "multipart/form-data"
+    assert "Content-Disposition" not in response.headers  # each part names itself
     environ = {"wsgi.input": io.BytesIO(response.data), "CONTENT_LENGTH": str(len(response.data)),
                "CONTENT_TYPE": response.headers["Content-Type"], "REQUEST_METHOD": "POST"}
     files = parse_form_data(environ)[2]
