@@ -423,7 +423,8 @@ class Checkpoints:
                       "config": {k: str(v) for k, v in asdict(self.config).items()}},
                      state_path(self.out))
 
-    def summary(self) -> dict:
+    def finish(self) -> dict:
+        """The run's outcome, once it is over (the timelapse assembled)."""
         movie = self.timelapse.finish() if self.timelapse is not None else []
         return {"weights": str(self.out), "validations": self.validations,
                 "validation_mae": self.val_mae, "start_validation_mae": self.start_mae,
@@ -497,7 +498,7 @@ def train(config: TrainConfig) -> dict:
             checkpoints.save(step, epoch)
     checkpoints.save(step, epoch)
     return {"steps": step, "epochs": epoch + 1, "history": history, "lr": lr,
-            **checkpoints.summary()}
+            **checkpoints.finish()}
 
 
 class _Meter:

@@ -80,8 +80,8 @@ class Session:
             raise BadRequest(f"output must be one of {', '.join(OUTPUT_KINDS)}, got {output!r}")
         runtime = remover.runtime
         mask = remover.mask(decoded, runtime)
-        pixels, _ = compose_output(decoded, mask, chosen, refine=remover.refines[runtime.spec.name],
-                                   threshold_edges=remover.threshold_edges)
+        pixels = compose_output(decoded, mask, chosen, refine=remover.refines[runtime.spec.name],
+                                threshold_edges=remover.threshold_edges).pixels
         kind = output or kind
         if kind == "bytes":
             return encode_output(pixels, chosen.output_format)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -110,14 +111,21 @@ def parse_options(values: Mapping[str, str], default_mode: str) -> OutputOptions
     return OutputOptions(mode=mode, threshold=threshold, **chosen)
 
 
+class Composed(NamedTuple):
+    pixels: np.ndarray  # the output, contiguous
+    bbox: tuple[int, int, int, int] | None  # the subject's box in the input image, when found
+    mask: np.ndarray  # the mask it was made from (subject filter applied), cropped as `pixels`
+
+
 def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions,
                    want_bbox: bool = False, refine: post.RefineParams = post.REFINE,
-                   threshold_edges: str = "hard"):
-    """(pixels, subject bbox): the mask (optionally without its small regions) or the cut-out,
-    optionally over a colour, optionally cropped to the subject. The box (input image
-    coordinates) is computed only when cropping or when asked for (`want_bbox`); otherwise it is
-    None. `refine`: the model's refine parameters (post.refine_params); `threshold_edges`: the
-    threshold mode's edges (U2NET_THRESHOLD_EDGES)."""
+                   threshold_edges: str = "hard") -> Composed:
+    """(pixels, subject bbox, mask): the mask (optionally without its small regions) or the
+    cut-out, optionally over a background, optionally cropped to the subject; and the mask used,
+    cropped alike (the page shows both from one request). The box (input image coordinates) is
+    computed only when cropping or when asked for (`want_bbox`); otherwise it is None. `refine`:
+    the model's refine parameters (post.refine_params); `threshold_edges`: the threshold mode's
+    edges (U2NET_THRESHOLD_EDGES)."""
     if options.subject_filter:
         mask = post.drop_small_regions(mask)
     if options.only_mask:
@@ -136,20 +144,8 @@ def compose_output(image: DecodedImage, mask: np.ndarray, options: OutputOptions
     bbox = post.subject_bbox(alpha, options.padding, options.padding_percent) if want else None
     if options.crop and bbox is not None:
         x, y, w, h = bbox
-        pixels = pixels[y:y + h, x:x + w]
-    return np.ascontiguousarray(pixels), bbox
-
-
-def output_mask(mask: np.ndarray, options: OutputOptions,
-                bbox: tuple[int, int, int, int] | None) -> np.ndarray:
-    """The mask beside an output made by compose_output (the page shows both from one request):
-    without its small regions when the subject filter is on, cropped to the output's `bbox`."""
-    if options.subject_filter:
-        mask = post.drop_small_regions(mask)
-    if options.crop and bbox is not None:
-        x, y, w, h = bbox
-        mask = mask[y:y + h, x:x + w]
-    return np.ascontiguousarray(mask)
+        pixels, mask = pixels[y:y + h, x:x + w], mask[y:y + h, x:x + w]
+    return Composed(np.ascontiguousarray(pixels), bbox, mask)
 
 
 def backdrop(image: DecodedImage, alpha: np.ndarray, options: OutputOptions) -> np.ndarray:

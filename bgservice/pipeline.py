@@ -26,7 +26,7 @@ from .imageio import (
     open_image,
 )
 from .limits import Admission, MemoryBudget, Ticket
-from .options import OutputOptions, Rendered, compose_output, encode_output, output_mask
+from .options import OutputOptions, Rendered, compose_output, encode_output
 from .paths import SharedRoot
 from .png import encode_png
 
@@ -246,11 +246,12 @@ class BackgroundRemover:
             mask = self.mask(image, runtime, watch.ms)  # resize, forward, upsample
             ticket.release()
             with watch.stage("compose"):
-                pixels, bbox = compose_output(image, mask, options, want_bbox,
-                                              self.refines[runtime.spec.name], self.threshold_edges)
+                pixels, bbox, mask = compose_output(image, mask, options, want_bbox,
+                                                    self.refines[runtime.spec.name],
+                                                    self.threshold_edges)
             with watch.stage("encode"):
                 encoded = encode_output(pixels, options.output_format)
-                mask_png = encode_png(output_mask(mask, options, bbox)) if want_mask else None
+                mask_png = encode_png(np.ascontiguousarray(mask)) if want_mask else None
             del mask
             rendered = Rendered(encoded, options.content_type, pixels.shape[1], pixels.shape[0],
                                 width, height, bbox, watch.ms, runtime.spec.name, mask_png)

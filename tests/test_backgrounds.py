@@ -103,7 +103,7 @@ def test_refine_puts_the_subject_on_a_new_picture_without_a_halo_of_the_old_back
     errors = {}
     for mode in ("refine", "soft"):
         options = OutputOptions(mode=mode, bg_image=from_array(scene))
-        pixels, _ = compose_output(from_array(rgb), mask, options)
+        pixels, _, _ = compose_output(from_array(rgb), mask, options)
         assert pixels.shape == (*alpha.shape, 3)
         errors[mode] = float(np.abs(pixels - truth).mean(axis=2)[band].mean())
     assert errors["refine"] < 7 and errors["refine"] * 3 < errors["soft"], errors  # 5.2, 24.5
@@ -123,10 +123,10 @@ def test_every_background_option_composes():
         OutputOptions(bg_image=picture, only_mask=True): (None, "png"),
     }
     for options, (channels, auto) in cases.items():
-        pixels, _ = compose_output(image, mask, options)
+        pixels, _, _ = compose_output(image, mask, options)
         assert (pixels.ndim == 2) if channels is None else (pixels.shape == (120, 160, channels))
         assert OutputOptions(**{**options.__dict__, "format": "auto"}).output_format == auto
-    contained, _ = compose_output(image, mask, OutputOptions(bg_image=picture, bg_fit="contain",
+    contained, _, _ = compose_output(image, mask, OutputOptions(bg_image=picture, bg_fit="contain",
                                                              bg_color=(255, 255, 0)))
     assert (contained[5, 5] == (255, 255, 0)).all()  # the margin: the colour
 
@@ -201,7 +201,7 @@ def test_json_api_takes_a_background_path_inside_the_root(client, sandbox, runti
     assert (out.mode, out.size) == ("RGB", (160, 120))
     options = OutputOptions(mode="refine", bg_image=from_array(halves(90, 60)), bg_fit="contain",
                             bg_color=(255, 255, 255), bg_blur=10)
-    want, _ = compose_output(from_array(rgb), runtime.mask_for(rgb), options)
+    want, _, _ = compose_output(from_array(rgb), runtime.mask_for(rgb), options)
     np.testing.assert_array_equal(np.asarray(out), want)
 
 

@@ -36,9 +36,9 @@ def test_crop_returns_the_subject_with_its_padding_and_the_box():
     mask = np.zeros((40, 60), np.uint8)
     mask[10:20, 30:45] = 255
     image = DecodedImage(rgb=rgb, alpha=None, format="PNG", mode="RGB")
-    pixels, box = compose_output(image, mask, OutputOptions(mode="soft", crop=True, padding=2))
+    pixels, box, _ = compose_output(image, mask, OutputOptions(mode="soft", crop=True, padding=2))
     assert box == (28, 8, 19, 14) and pixels.shape == (14, 19, 4)
-    _, none = compose_output(image, np.zeros_like(mask), OutputOptions(mode="soft"), want_bbox=True)
+    _, none, _ = compose_output(image, np.zeros_like(mask), OutputOptions(mode="soft"), want_bbox=True)
     assert none is None
 
 
