@@ -7,10 +7,19 @@
 #
 # The GPU image has PyTorch (CUDA), ONNX Runtime, OpenCV, Pillow and requests but not Flask,
 # gunicorn or zlib-ng: their wheels travel in .whl (git-ignored; the issue 5 note has the download
-# command). ../shared does not travel, and its files are never copied into the project: there the
-# real-weights tests skip and the benchmark uses a synthetic photo (it says so). Output goes to
-# $OUT (the device tool's folder) or bench/out.
-# PYTHON, BENCH_ARGS and WHEELS override the interpreter, the benchmark's arguments and the wheel folder.
+# command). ../shared does not travel by itself, and its files are never copied into the project:
+# a git-ignored link `.devshared -> ../shared` here, with its parts named in carry, travels as a
+# folder of those parts, and becomes ../shared there:
+#
+#   ln -sfn ../shared .devshared; echo /.devshared >> .git/info/exclude
+#   run(command="bash bench/gpu_run.sh", carry=[".whl", ".devshared/models/u2netp",
+#       ".devshared/data/parity", ".devshared/data/photos"])
+#
+# Without it the real-weights tests skip and the benchmark uses a synthetic photo (it says so).
+# Output goes to $OUT (the device tool's folder) or bench/out.
+# PYTHON, BENCH_ARGS and WHEELS override the interpreter, the benchmark's arguments and the wheel
+# folder; TESTS_TIMEOUT, BENCH_TIMEOUT and ISNET_TIMEOUT (seconds) bound each stage, so that a hang in one still
+# leaves the other's output and the logs (the device's time is short).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGE="${1:-all}"
@@ -26,6 +35,7 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
   "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl || exit 1
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+if [ ! -e ../shared ] && [ -d .devshared ]; then ln -s "$PWD/.devshared" ../shared; fi
 # The package u2net lives in U-2-Net/ (pyproject.toml maps it); a link imports it uninstalled.
 mkdir -p /tmp/u2net-pkgs && ln -sfn "$PWD/U-2-Net" /tmp/u2net-pkgs/u2net
 export PYTHONPATH="/tmp/u2net-pkgs:$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -35,13 +45,13 @@ export PYTHONPATH="/tmp/u2net-pkgs:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 } | tee "$OUT/gpu.txt"
 tests_rc=0 bench_rc=0
 if [ "$STAGE" != bench ]; then
-  "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_batching.py \
+  timeout "${TESTS_TIMEOUT:-300}" "$PYTHON" -m pytest -q -p no:cacheprovider -rA tests/test_cuda.py tests/test_batching.py \
     tests/test_engine.py 2>&1 | tee "$OUT/cuda-tests.log"
   tests_rc=${PIPESTATUS[0]}
 fi
 if [ "$STAGE" != tests ]; then
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-  "$PYTHON" bench/benchmark.py $BENCH_ARGS 2>&1 | tee "$OUT/gpu-benchmark.log"
+  timeout "${BENCH_TIMEOUT:-480}" "$PYTHON" bench/benchmark.py $BENCH_ARGS 2>&1 | tee "$OUT/gpu-benchmark.log"
   bench_rc=${PIPESTATUS[0]}
   cp bench/out/benchmark.json "$OUT/" 2>/dev/null || true
   # IS-Net (1024x1024, random weights): the network alone in every engine and precision, and
@@ -49,7 +59,7 @@ if [ "$STAGE" != tests ]; then
   ISNET_ARGS="${ISNET_ARGS:---model isnet-general-use --quick}"
   if [ "$ISNET_ARGS" != skip ]; then
     # shellcheck disable=SC2086
-    "$PYTHON" bench/benchmark.py $ISNET_ARGS 2>&1 | tee "$OUT/gpu-benchmark-isnet.log"
+    timeout "${ISNET_TIMEOUT:-${BENCH_TIMEOUT:-480}}" "$PYTHON" bench/benchmark.py $ISNET_ARGS 2>&1 | tee "$OUT/gpu-benchmark-isnet.log"
     isnet_rc=${PIPESTATUS[0]}
     cp bench/out/benchmark.json "$OUT/benchmark-isnet.json" 2>/dev/null || true
     bench_rc=$(( bench_rc || isnet_rc ))
