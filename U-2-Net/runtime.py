@@ -253,25 +253,13 @@ class ModelRuntime:
     def _warm_up(self, then: Callable[[], None] | None = None) -> None:
         try:
             started = time.perf_counter()
-            if self._rivals or getattr(self.predictor, "compiled", False):
-                calibration = calibration_input(self.spec)  # made once: an FFT per channel
-                self._first_forwards(calibration)
-                if self._rivals:
-                    self._keep_fastest(calibration)
             size = self.spec.input_size
             dummy = np.zeros((size, size, 3), dtype=np.uint8)
             dummy[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 200
+            # On the batcher's thread: the thread that will serve (see batching.py on cuDNN).
+            self.batcher.call(lambda: self._warm_network(to_model_input(dummy, self.spec)))
             for _ in range(max(1, self.options.warmup_runs)):
-                self.mask_for(dummy)
-            if self.predictor.device.type == "cuda" or getattr(self.predictor, "compiled", False):
-                # cuDNN times its algorithms once per shape (benchmark mode), and torch.compile
-                # compiles once per shape: run every batch size the batcher can form, so that no
-                # request pays for it.
-                x = to_model_input(dummy, self.spec)
-                for n in range(2, self.max_batch + 1):
-                    self.predictor(np.stack([x] * n))
-                if self.predictor.device.type == "cuda":
-                    torch.cuda.synchronize()
+                self.mask_for(dummy)  # the whole path: resize, batcher, upsample
             if then is not None:
                 then()
             self.warmup_seconds = time.perf_counter() - started
@@ -281,6 +269,23 @@ class ModelRuntime:
         except Exception as exc:
             log.exception("warm-up failed; the model will never report ready")
             self._fail(f"warm-up failed: {exc}")
+
+    def _warm_network(self, x: np.ndarray) -> None:
+        """Everything warm-up asks of the network itself, on the batcher's thread: compiling and
+        racing the candidates, then, where the first forward of a shape is slow (cuDNN times its
+        algorithms once per shape and thread in benchmark mode; torch.compile compiles once per
+        shape), one forward of `x` at every batch size from 2 up to what the batcher can form, so
+        that no request pays."""
+        if self._rivals or getattr(self.predictor, "compiled", False):
+            calibration = calibration_input(self.spec)  # made once: an FFT per channel
+            self._first_forwards(calibration)
+            if self._rivals:
+                self._keep_fastest(calibration)
+        if self.predictor.device.type == "cuda" or getattr(self.predictor, "compiled", False):
+            for n in range(2, self.max_batch + 1):  # batch 1: warm-up's mask_for, next
+                self.predictor(np.stack([x] * n))
+        if self.predictor.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def _first_forwards(self, x: np.ndarray) -> None:
         """One untimed forward of `x` per candidate: a compiled one compiles here (measured), or

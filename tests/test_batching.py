@@ -136,3 +136,37 @@ def test_the_gpu_path_batches_concurrent_requests_and_each_gets_its_own_mask(ran
         # Batched convolutions may sum in another order: a level at most, and rarely.
         diff = np.abs(a.astype(int) - b.astype(int))
         assert diff.max() <= (1 if precision == "fp32" else 3) and diff.mean() < 0.05
+
+
+def test_a_call_runs_on_the_batchers_thread_between_batches_never_inside_one():
+    """Warm-up's work goes through `call`: PyTorch keeps cuDNN's tuned plans per thread, so only
+    the batcher's own thread can warm up the shapes it will serve."""
+    gate, seen = threading.Event(), []
+
+    def run(batch):
+        seen.append(("batch", len(batch), threading.current_thread().name))
+        gate.wait(5)
+        return batch * 2
+
+    batcher = DynamicBatcher(run, max_batch=4, max_wait_s=0.3, max_queue=8, name="the-batcher")
+    try:
+        first = batcher.submit(np.ones(2))  # opens a batch that waits 0.3 s for companions
+        time.sleep(0.05)
+        answers = []
+        called = threading.Thread(target=lambda: answers.append(batcher.call(
+            lambda: seen.append(("call", threading.current_thread().name)) or "done")))
+        called.start()
+        time.sleep(0.05)
+        later = batcher.submit(np.ones(2))  # after the call: in the next batch, not this one
+        gate.set()
+        called.join(5)
+        assert first.result(5).tolist() == [2, 2] and later.result(5).tolist() == [2, 2]
+        assert answers == ["done"]
+        assert seen == [("batch", 1, "the-batcher"), ("call", "the-batcher"),
+                        ("batch", 1, "the-batcher")]
+        with pytest.raises(ZeroDivisionError):
+            batcher.call(lambda: 1 / 0)  # the caller hears what it raised; the batcher goes on
+        assert batcher.run(np.ones(2), timeout=5).tolist() == [2, 2]
+    finally:
+        gate.set()
+        batcher.close()
