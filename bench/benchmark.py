@@ -402,14 +402,16 @@ def main() -> int:
     runtime = ModelRuntime.load(options)
     runtime.start(background=False)
     device = runtime.predictor.device
-    report = {"model": spec.name, "architecture": spec.architecture,
+    report = {"model": spec.name, "architecture": spec.architecture, "max_batch": runtime.max_batch,
+              "warmup_s": runtime.warmup_seconds,
               "device": str(device), "engine": runtime.predictor.engine,
               "precision": runtime.predictor.precision, "cpu": cpu_name(),
               "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     kind = f"weights {args.weights.name}" if args.weights else "random weights"
     print(f"model {spec.name} ({spec.architecture}, {kind})  device {device}  "
           f"engine {report['engine']}  precision {report['precision']}  "
-          f"cores {report['cores']}  torch threads {report['torch_threads']}\ncpu {report['cpu']}"
+          f"cores {report['cores']}  torch threads {report['torch_threads']}  warm-up "
+          f"{report['warmup_s']:.1f} s (max batch {report['max_batch']})\ncpu {report['cpu']}"
           f"  bf16 matrix units (AMX): {'yes' if cpu_has_amx() else 'no'}")
 
     def baseline(section: str) -> float:
