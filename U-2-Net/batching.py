@@ -89,7 +89,12 @@ class DynamicBatcher:
         (warm-up), not for requests."""
         work = _Call(fn)
         self._queue.put(work)
-        return work.future.result()
+        while True:
+            try:
+                return work.future.result(timeout=1.0)
+            except FutureTimeout:
+                if not self._thread.is_alive():  # closed before it got there: never runs
+                    raise RuntimeError("the batcher has stopped") from None
 
     @property
     def waiting(self) -> int:

@@ -170,3 +170,10 @@ def test_a_call_runs_on_the_batchers_thread_between_batches_never_inside_one():
     finally:
         gate.set()
         batcher.close()
+
+
+def test_a_call_after_close_raises_instead_of_waiting_forever():
+    batcher = DynamicBatcher(lambda batch: batch, max_batch=1, max_wait_s=0, max_queue=1)
+    batcher.close()
+    with pytest.raises(RuntimeError, match="the batcher has stopped"):
+        batcher.call(lambda: 1)
