@@ -91,7 +91,7 @@ class DynamicBatcher:
         self._queue.put(work)
         while True:
             try:
-                return work.future.result(timeout=1.0)
+                return work.future.result(timeout=0.1)
             except FutureTimeout:
                 if not self._thread.is_alive():  # closed before it got there: never runs
                     raise RuntimeError("the batcher has stopped") from None
