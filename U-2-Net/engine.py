@@ -183,7 +183,9 @@ class TorchPredictor:
     @torch.inference_mode()
     def _masks(self, x: torch.Tensor, forward: Callable | None = None) -> np.ndarray:
         """Masks for a channels-last batch on the device, by `forward` (default: the eager net)."""
-        d0 = (forward or self.net)(x, fused_only=True)
+        # `is None`, not `or`: torch.compile's module has no truth value (it raises TypeError,
+        # which warm-up took for a failed compile and ran eagerly from then on).
+        d0 = (self.net if forward is None else forward)(x, fused_only=True)
         return _postprocess(d0[:, 0].float().cpu().numpy())
 
     @torch.inference_mode()

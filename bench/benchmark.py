@@ -14,7 +14,8 @@ Measures, in one run:
      with gunicorn_conf.py), for a 640x480 JPEG, 1920x1080 JPEG and PNG, and a 4000x3000 JPEG made
      from ../shared/data/photos, with every stage as a ratio of the baseline;
   3. throughput and p50/p99 latency with 1, 2 and 4 concurrent clients, peak RSS of the worker,
-     and the first request after ready against a steady one;
+     and the first request after ready against a steady one; on CUDA also in-process threads
+     (--threads: 1, 4, 8), with the batch sizes formed and the slowest forward;
   4. with --compare-precision: for each precision, the network's images/s at each batch size
      (--batch-sizes) and a production server's throughput and p50 under each --clients level.
      On CUDA the defaults are batch sizes 1,8,32, clients 1,32 and batch waits 0 and 2 ms
@@ -181,6 +182,36 @@ def in_process(remover, root, paths, repeat) -> dict:
         results[name] = {"total": statistics.median(totals),
                          **{s: statistics.median(r.get(s, 0.0) for r in stage_runs) for s in STAGES}}
     return results
+
+
+def threads_in_process(runtime, remover, root, path, clients: int, requests_each: int) -> dict:
+    """`clients` threads sending the same request in-process: throughput, p50/p99, the stages'
+    worst, the batch sizes the batcher formed and the slowest forward. Without HTTP in the way,
+    this is where a slow batch shows (on the H200 it found each new batch size tuned again)."""
+    sizes: list[int] = []
+    runtime.set_batch_observer(sizes.append)
+    latencies, stages = [], []
+
+    def one(i):
+        started = time.perf_counter()
+        out = remover.remove_paths(root, PathJob(path, f"/bench/t{clients}-{i}.png", EVERYTHING))
+        return (time.perf_counter() - started) * 1000, out.timings_ms
+
+    try:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            for ms, timings in pool.map(one, range(clients * requests_each)):
+                latencies.append(ms)
+                stages.append(timings)
+        wall = time.perf_counter() - started
+    finally:
+        runtime.set_batch_observer(None)
+    latencies.sort()
+    return {"clients": clients, "throughput_per_s": len(latencies) / wall,
+            "p50_ms": statistics.median(latencies),
+            "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            "slowest_forward_ms": max(t.get("forward", 0.0) for t in stages),
+            "batch_sizes": {n: sizes.count(n) for n in sorted(set(sizes))}}
 
 
 # -- over HTTP, against the production server -----------------------------------------------------
@@ -382,6 +413,8 @@ def main() -> int:
     parser.add_argument("--batch-wait", metavar="MS1,MS2",
                         help="U2NET_BATCH_WAIT_MS values for --compare-precision's servers "
                              "(default 0,2 on CUDA, 0 on CPU)")
+    parser.add_argument("--threads", metavar="N1,N2",
+                        help="in-process concurrent threads (default 1,4,8 on CUDA; none on CPU)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--engines-only", action="store_true",
                         help="only the network alone in every engine and precision")
@@ -452,6 +485,17 @@ def main() -> int:
                 [[name, f"{r['total']:.0f} ms", f"{r['total'] / base:.2f}",
                   *(f"{r[s] / base:.3f}" for s in STAGES)] for name, r in local.items()],
                 ["image", "total", "ratio", *STAGES])
+    levels = _ints(args.threads if args.threads is not None
+                   else ("1,4,8" if device.type == "cuda" else ""))
+    if levels:
+        rows = [threads_in_process(runtime, remover, SharedRoot(root), paths["1920x1080 JPEG"], c,
+                                   3 if args.quick else 6) for c in levels]
+        report["threads_in_process"] = rows
+        print_table("1920x1080 JPEG in-process, concurrent threads (forward: queue wait included)",
+                    [[r["clients"], f"{r['throughput_per_s']:.2f}/s", f"{r['p50_ms']:.0f} ms",
+                      f"{r['p99_ms']:.0f} ms", f"{r['slowest_forward_ms']:.0f} ms",
+                      " ".join(f"{n}:{k}" for n, k in r["batch_sizes"].items())] for r in rows],
+                    ["threads", "throughput", "p50", "p99", "slowest forward", "batches (size:count)"])
 
     env = {"U2NET_MODEL": args.model, "U2NET_WEIGHTS": str(weights),
            "U2NET_DEVICE": args.device, "U2NET_ENGINE": args.engine,

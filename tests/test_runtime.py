@@ -168,3 +168,47 @@ def test_warm_up_runs_every_batch_size_on_the_thread_that_serves(random_weights)
         assert predictor.calls == [(1, "u2net-batcher")]
     finally:
         runtime.close()
+
+
+class LikeCompiled(torch.nn.Module):
+    """Stands in for torch.compile's module (compiling U2NETP takes minutes here): it runs the
+    network, counts its calls, and like the real one has no truth value."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.net(*args, **kwargs)
+
+    def __len__(self):
+        raise TypeError(f"{type(self.net).__name__} does not support len()")
+
+
+@pytest.mark.slow  # importing torch._dynamo alone takes seconds
+def test_a_compiled_network_serves_compiled(random_weights, monkeypatch, caplog):
+    """A review once wrote `forward or net`: the real compiled module raises on truth (checked
+    first), warm-up took that for a failed compile, and bf16 on AMX ran eagerly ever since."""
+    from u2net.engine import TorchPredictor
+    from u2net.weights import build_model
+
+    with pytest.raises(TypeError):
+        bool(torch.compile(torch.nn.Conv2d(3, 3, 3)))  # wrapping only: nothing is compiled yet
+    compiled: list[LikeCompiled] = []
+    monkeypatch.setattr("u2net.engine.torch.compile",
+                        lambda net: compiled.append(LikeCompiled(net)) or compiled[-1])
+    spec = get_spec("u2netp")
+    predictor = TorchPredictor(build_model(spec, random_weights), torch.device("cpu"), "fp32",
+                               compile=True)
+    runtime = ModelRuntime(spec, random_weights, predictor, RuntimeOptions(model="u2netp",
+                                                                           warmup_runs=1))
+    try:
+        runtime.start(background=False)
+        assert runtime.ready, runtime.error
+        calls = compiled[0].calls
+        runtime.mask_for(np.zeros((40, 30, 3), np.uint8))
+        assert compiled[0].calls == calls + 1 and calls >= 2  # warm-up's and the request's
+        assert runtime.info()["compiled"] is True and "torch.compile failed" not in caplog.text
+    finally:
+        runtime.close()
