@@ -206,10 +206,7 @@ def threads_in_process(runtime, remover, root, path, clients: int, requests_each
         wall = time.perf_counter() - started
     finally:
         runtime.set_batch_observer(None)
-    latencies.sort()
-    return {"clients": clients, "throughput_per_s": len(latencies) / wall,
-            "p50_ms": statistics.median(latencies),
-            "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    return {**latency_summary(clients, latencies, wall),
             "slowest_forward_ms": max(t.get("forward", 0.0) for t in stages),
             "batch_sizes": {n: sizes.count(n) for n in sorted(set(sizes))}}
 
@@ -301,10 +298,15 @@ def concurrency(server: Server, path: str, clients: int, requests_each: int) -> 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
     wall = time.perf_counter() - t
-    latencies.sort()
-    return {"clients": clients, "throughput_per_s": len(latencies) / wall,
-            "p50_ms": statistics.median(latencies),
-            "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
+    return latency_summary(clients, latencies, wall)
+
+
+def latency_summary(clients: int, latencies: list[float], wall_s: float) -> dict:
+    """Throughput over the wall time, and the median and 99th percentile of the latencies (ms)."""
+    ordered = sorted(latencies)
+    return {"clients": clients, "throughput_per_s": len(ordered) / wall_s,
+            "p50_ms": statistics.median(ordered),
+            "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
 
 def network_batches(options: RuntimeOptions, sizes: list[int], repeat: int) -> list[dict]:

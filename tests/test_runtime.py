@@ -74,7 +74,7 @@ def load_auto(**options) -> ModelRuntime:
     return runtime
 
 
-def slowed(cls, monkeypatch, seconds=0.25):
+def slowed(cls, monkeypatch, seconds=1.0):
     """Every forward of predictor class `cls` takes `seconds` longer."""
     import time
 
