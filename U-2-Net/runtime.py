@@ -281,10 +281,12 @@ class ModelRuntime:
             self._first_forwards(calibration)
             if self._rivals:
                 self._keep_fastest(calibration)
-        if self.predictor.device.type == "cuda" or getattr(self.predictor, "compiled", False):
+        # The race above may have swapped the predictor: ask the one that will serve.
+        cuda = self.predictor.device.type == "cuda"
+        if cuda or getattr(self.predictor, "compiled", False):
             for n in range(2, self.max_batch + 1):  # batch 1: warm-up's mask_for, next
                 self.predictor(np.stack([x] * n))
-        if self.predictor.device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
 
     def _first_forwards(self, x: np.ndarray) -> None:
