@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -72,6 +73,17 @@ def _displayed_size(path: Path) -> tuple[int, int]:
     with Image.open(path) as im:
         w, h = im.size
         return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
+
+
+def loader_context() -> multiprocessing.context.BaseContext:
+    """How data loading workers start: from a fork server, not by forking this process. A fork
+    copies every lock another thread holds at that moment, and a process that serves or tests
+    has many threads (the batcher, encoder pools, ONNX Runtime's): measured here, a forked
+    worker hung for good in `torch.manual_seed` (its first step) and the loader with it. The
+    server imports this module once, so each worker starts without importing torch again."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def find_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
@@ -467,6 +479,7 @@ def train(config: TrainConfig) -> dict:
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
                         num_workers=config.workers, drop_last=len(train_set) > config.batch_size,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+                        multiprocessing_context=loader_context() if config.workers > 0 else None,
                         generator=torch.Generator().manual_seed(epoch_seed))
     log.info("training %s (%s) on %d pairs, %s, batch %d, crop %d of %d, lr %g, from %s%s%s",
              spec.name, spec.architecture, len(train_set), device, config.batch_size, crop, size,

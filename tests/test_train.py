@@ -18,6 +18,7 @@ from u2net.train import (
     best_path,
     deep_supervision_loss,
     find_pairs,
+    loader_context,
     state_path,
     train,
 )
@@ -101,6 +102,7 @@ def test_crops_and_flips_move_image_and_mask_together(tmp_path):
     assert torch.equal(first, data[0][0])  # reproducible from torch's seed
 
 
+@pytest.mark.slow  # the fork server imports torch once: seconds
 def test_persistent_loader_workers_crop_differently_every_epoch(tmp_path):
     """Worker processes hold their own copy of the dataset: the crops must still change."""
     from torch.utils.data import DataLoader
@@ -108,7 +110,8 @@ def test_persistent_loader_workers_crop_differently_every_epoch(tmp_path):
     images, masks = write_pairs(tmp_path, 2, size=64)
     data = SegmentationDataset(find_pairs(images, masks), get_spec("u2netp"), size=64, crop=40)
     loader = DataLoader(data, batch_size=2, num_workers=2, persistent_workers=True,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0),
+                        multiprocessing_context=loader_context())  # as train() starts them
     epochs = [next(iter(loader))[0] for _ in range(3)]
     assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
 
@@ -173,7 +176,7 @@ def test_cli_trains_and_reports_bad_data(tmp_path):
     out = tmp_path / "cli.pth"
     cmd = [sys.executable, "-m", "bgservice", "train", "--images", str(images), "--masks",
            str(masks), "--out", str(out), "--model", "u2netp", "--steps", "2", "--batch-size",
-           "2", "--size", "32", "--crop", "32", "--workers", "0", "--device", "cpu"]
+           "2", "--size", "32", "--crop", "32", "--workers", "2", "--device", "cpu"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert f"trained 2 steps; weights in {out}" in done.stdout
