@@ -72,7 +72,9 @@ def test_requests_racing_a_symlink_swap_write_nothing_outside(client, sandbox):
     with Swapper(sandbox["root"] / "out", sandbox["outside"], hold_s=0.002), \
             Swapper(sandbox["root"] / "Clones" / "4" / "in.png", sandbox["outside"] / "outside.png",
                     hold_s=0.005):
-        for i in range(40):
+        # Until both outcomes are seen a few times: how often a request slips between two flips
+        # depends on how the two cores are shared (one CI run saw no 200 in 40 requests).
+        for i in range(400):
             r = client.post("/remove-background", json={
                 "sourceImagePath": "/Clones/4/in.png", "outputImagePath": f"/out/{i}.png",
                 "threshold": 200})
@@ -80,8 +82,10 @@ def test_requests_racing_a_symlink_swap_write_nothing_outside(client, sandbox):
             assert r.status_code in (200, 400, 404, 409), r.get_json()
             if r.status_code == 200:  # the inside photo, never the outside one (80x60)
                 assert (r.get_json()["width"], r.get_json()["height"]) == (64, 48)
+            if statuses.count(200) >= 3 and len(statuses) - statuses.count(200) >= 10:
+                break
     assert files_under(sandbox["outside"]) == before
-    assert statuses.count(200) > 0, statuses
+    assert statuses.count(200) > 0 and len(statuses) > statuses.count(200), statuses
 
 
 def test_an_output_equal_to_the_source_is_400_and_the_photo_survives(client, sandbox):
