@@ -258,7 +258,7 @@ class ModelRuntime:
             dummy[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 200
             # On the batcher's thread: the thread that will serve (see batching.py on cuDNN).
             self.batcher.call(lambda: self._warm_network(to_model_input(dummy, self.spec)))
-            for _ in range(max(1, self.options.warmup_runs)):
+            for _ in range(self.options.warmup_runs):  # 0: none, the first image pays instead
                 self.mask_for(dummy)  # the whole path: resize, batcher, upsample
             if then is not None:
                 then()

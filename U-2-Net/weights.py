@@ -16,11 +16,12 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .model import ARCHITECTURES, U2Net
 from .registry import ModelLoadError, ModelSpec, Source
+
+if TYPE_CHECKING:
+    from .model import U2Net
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,13 @@ def clean_state_dict(state: dict) -> dict:
 
 def build_model(spec: ModelSpec, path: Path) -> U2Net:
     """The network of `spec` with the weights in `path`, loaded strictly, in eval mode, on CPU."""
+    # torch is imported here, not with the module: the commands that only name, fetch or list
+    # weights (bgremove models, download, --help) then answer in a fraction of a second, not
+    # after torch's two-second import.
+    import torch
+
+    from .model import ARCHITECTURES
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling / zip errors have many types

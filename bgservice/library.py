@@ -56,8 +56,8 @@ def _options(default_mode: str, given: dict[str, Any]) -> OutputOptions:
 
 
 class Session:
-    """One loaded, warm model and the pipeline around it; thread-safe. Close it (or use `with`)
-    to free the model; `remove`'s own sessions close at exit."""
+    """One loaded model (its first image warms it up) and the pipeline around it; thread-safe.
+    Close it (or use `with`) to free the model; `remove`'s own sessions close at exit."""
 
     def __init__(self, service):
         self._service = service
@@ -115,8 +115,8 @@ def new_session(model: str | None = None, *, weights: str | os.PathLike | None =
                 device: str | None = None, precision: str | None = None,
                 settings=None) -> Session:
     """A session for `model` (default: the settings' model, U2NET_MODEL or u2net_human_seg),
-    loaded and warm. `weights`, `device` ("cpu", "cuda", "auto") and `precision` override the
-    settings (`settings`: a GlobalVariables.Settings; default: from the environment)."""
+    loaded. `weights`, `device` ("cpu", "cuda", "auto") and `precision` override the settings
+    (`settings`: a GlobalVariables.Settings; default: from the environment)."""
     from GlobalVariables import Settings
 
     from .service import SHORT_JOB_IMAGES, assemble_job

@@ -26,6 +26,12 @@ def session(random_weights):
         yield s
 
 
+def test_a_session_is_ready_without_synthetic_warm_up_passes(session):
+    """A job (a session, a `bgremove` command) skips them: its first image warms the model."""
+    runtime = session._service.runtime
+    assert runtime.ready and runtime.options.warmup_runs == 0
+
+
 def reference(session, rgb, **options) -> np.ndarray:
     remover = session._service.remover
     image = DecodedImage(rgb, None, "array", "RGB")

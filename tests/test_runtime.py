@@ -170,6 +170,22 @@ def test_warm_up_runs_every_batch_size_on_the_thread_that_serves(random_weights)
         runtime.close()
 
 
+@pytest.mark.parametrize("runs", [0, 2])
+def test_warm_up_makes_as_many_synthetic_passes_as_asked_none_for_zero(random_weights, runs):
+    """U2NET_WARMUP_RUNS=0 (and every `bgremove` job) reports ready without a synthetic pass on an
+    eager CPU network: the first image pays what the passes would have."""
+    predictor = RecordingPredictor()
+    predictor.compiled = False
+    runtime = ModelRuntime(get_spec("u2netp"), random_weights, predictor,  # type: ignore[arg-type]
+                           RuntimeOptions(model="u2netp", warmup_runs=runs))
+    try:
+        runtime.start(background=False)
+        assert runtime.ready, runtime.error
+        assert len(predictor.calls) == runs, predictor.calls
+    finally:
+        runtime.close()
+
+
 class LikeCompiled(torch.nn.Module):
     """Stands in for torch.compile's module (compiling U2NETP takes minutes here): it runs the
     network, counts its calls, and like the real one has no truth value."""
