@@ -81,6 +81,19 @@ def real_u2netp() -> ModelRuntime:
     rt.close()
 
 
+@pytest.fixture(scope="session")
+def isnet_weights(tmp_path_factory) -> Path:
+    """The official IS-Net general-use weights, imported (and proved against ONNX Runtime) from
+    the shared graph once per run into a temporary .pth, never kept: 13 s an import here."""
+    from u2net.model import ISNetDIS
+    from u2net.onnx_import import import_onnx
+
+    state = import_onnx(shared_path("models", "isnet", "isnet-imgly.onnx"), ISNetDIS(), 1024)
+    weights = tmp_path_factory.mktemp("isnet") / "isnet-general-use.pth"
+    torch.save(state, weights)
+    return weights
+
+
 @pytest.fixture
 def sandbox(tmp_path) -> dict:
     """A shared root with a sibling folder outside it, to prove nothing escapes."""

@@ -50,14 +50,13 @@ def test_a_graph_whose_outputs_differ_is_refused(tmp_path):
         import_onnx(path, U2NETP(), input_size=320)
 
 
-def test_the_shared_isnet_graph_imports_onto_isnetdis():
-    """The official IS-Net general-use weights (float16, batch norm folded; PROVENANCE.md) load
-    strictly into the project's ISNetDIS, which then reproduces ONNX Runtime on the graph."""
+def test_the_shared_isnet_graph_imports_onto_isnetdis(isnet_weights):
+    """The official IS-Net general-use weights (float16, batch norm folded; PROVENANCE.md),
+    imported by conftest's fixture, load strictly into the project's ISNetDIS, which then
+    reproduces ONNX Runtime on the graph."""
     path = shared_path("models", "isnet", "isnet-imgly.onnx")
-    net = ISNetDIS()
-    state = import_onnx(path, net, input_size=1024)
     fresh = ISNetDIS()
-    fresh.load_state_dict(state, strict=True)
+    fresh.load_state_dict(torch.load(isnet_weights, weights_only=True), strict=True)
     assert sum(p.numel() for p in fresh.parameters()) == 44_046_790
     assert probe_difference(path.read_bytes(), fresh, 1024) < 2e-3
 

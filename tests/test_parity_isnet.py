@@ -14,8 +14,6 @@ from conftest import shared_path
 from PIL import Image
 from u2net.calibration import calibration_input
 from u2net.engine import TorchPredictor, mask_agreement
-from u2net.model import ISNetDIS
-from u2net.onnx_import import import_onnx
 from u2net.registry import get_spec
 from u2net.runtime import ModelRuntime, RuntimeOptions
 from u2net.transforms import to_model_input
@@ -24,15 +22,6 @@ from u2net.weights import build_model
 from bgservice.imageio import decode_image
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def isnet_weights(tmp_path_factory) -> Path:
-    """The official weights, imported from the shared graph into a temporary .pth (never kept)."""
-    state = import_onnx(shared_path("models", "isnet", "isnet-imgly.onnx"), ISNetDIS(), 1024)
-    weights = tmp_path_factory.mktemp("isnet") / "isnet-general-use.pth"
-    torch.save(state, weights)
-    return weights
 
 
 @pytest.fixture(scope="module")
