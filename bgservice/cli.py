@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the SHA-256 the fetched file must have (default: "
                           "$U2NET_WEIGHTS_SHA256, else each source's own checksum)")
     get.add_argument("--force", action="store_true", help="download even if the file exists")
-    get.add_argument("--quiet", action="store_true", help="no progress bar")
+    get.add_argument("--quiet", action="store_true", help="no progress bar; warnings and errors only")
     get.set_defaults(run=_cmd_download)
 
     sub.add_parser("models", help="list the known models").set_defaults(run=_cmd_models)
@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "a folder, stdout for stdin")
     _cut_out_options(rm)
     rm.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-    rm.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    rm.add_argument("--quiet", action="store_true",
+                    help="no progress bar or summary; warnings and errors only")
     rm.set_defaults(run=_cmd_remove)
 
     wa = sub.add_parser("watch", help="cut out each image that appears in a folder",
@@ -383,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     wa.add_argument("--max-files", type=int, help="stop after this many images")
     wa.add_argument("--idle-exit", type=float,
                     help="stop after this many seconds with nothing new (default: never)")
-    wa.add_argument("--quiet", action="store_true", help="no line per image")
+    wa.add_argument("--quiet", action="store_true",
+                    help="no line per image; warnings and errors only")
     wa.set_defaults(run=_cmd_watch)
 
     ev = sub.add_parser("evaluate", help="score the pipeline on images with ground-truth mattes")
@@ -457,7 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        configure_logging(settings.log_level, settings.log_format)
+        level = settings.log_level
+        if getattr(args, "quiet", False) and level in ("DEBUG", "INFO"):
+            level = "WARNING"  # --quiet: nothing on stderr but problems (no "model loaded" lines)
+        configure_logging(level, settings.log_format)
         return args.run(args, settings)
     except (SettingsError, UnknownModel, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

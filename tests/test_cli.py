@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -40,6 +41,10 @@ def test_one_file_next_to_its_input(cli, tmp_path):
     assert out.mode == "RGBA" and out.size == (90, 70)
     # one file: no progress bar, one line that says where the cut-out went
     assert done.stderr.decode() == f"wrote {tmp_path / 'portrait-nobg.png'}\n"
+    # --quiet at the default log level: nothing at all (not the runtime's "loaded" lines)
+    quiet = cli("remove", src, "--overwrite", "--quiet", LOG_LEVEL="INFO")
+    assert quiet.returncode == 0 and quiet.stderr == b"", quiet.stderr.decode()
+    assert "loaded u2netp" in cli("remove", src, "--overwrite", LOG_LEVEL="INFO").stderr.decode()
 
 
 def test_a_folder_recursively_keeping_the_tree_with_progress_and_skips(cli, tmp_path):
@@ -258,12 +263,23 @@ def test_watch_reports_a_bad_image_once_and_retries_it_when_it_changes(watch, tm
     inbox.mkdir()
     (inbox / "bad.png").write_bytes(b"not an image")
     proc = watch(inbox, out, "--interval", "0.2")
-    assert proc.stderr.readline().startswith(b"watching")
-    time.sleep(2.0)  # ten scans: one error line, not ten
+    lines: list[str] = []
+
+    def read_stderr():
+        for line in iter(proc.stderr.readline, b""):
+            lines.append(line.decode())
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    # The first image loads the model (seconds) before it is read: wait for its error line.
+    assert wait_for(lambda: any("is not a decodable image" in line for line in lines)), lines
+    assert lines[0].startswith("watching")
+    time.sleep(2.0)  # ten more scans: still one error line, not ten
     save_image(inbox / "bad.png", photo(40, 30))
     assert wait_for(lambda: (out / "bad.png").exists())
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    err = err.decode()
+    proc.wait(timeout=30)
+    reader.join(timeout=30)
+    err = "".join(lines)
     assert err.count("is not a decodable image") == 1, err
     assert "1 done, 1 failed" in err and proc.returncode == 1
