@@ -6,7 +6,7 @@
 #                                                      # together would pass one call's time limit
 #
 # The GPU image has PyTorch (CUDA), ONNX Runtime, OpenCV, Pillow and requests but not Flask,
-# gunicorn or zlib-ng: their wheels travel in .whl (git-ignored; the issue 5 note has the download
+# gunicorn or zlib-ng (nor, perhaps, tqdm): their wheels travel in .whl (git-ignored; the issue 5 note has the download
 # command). ../shared does not travel by itself, and its files are never copied into the project:
 # a git-ignored link `.devshared -> ../shared` here, with its parts named in carry, travels as a
 # folder of those parts, and becomes ../shared there:
@@ -18,7 +18,7 @@
 # Without it the real-weights tests skip and the benchmark uses a synthetic photo (it says so).
 # Output goes to $OUT (the device tool's folder) or bench/out.
 # PYTHON, BENCH_ARGS and WHEELS override the interpreter, the benchmark's arguments and the wheel
-# folder; TESTS_TIMEOUT, BENCH_TIMEOUT and ISNET_TIMEOUT (seconds) bound each stage, so that a hang in one still
+# folder; TESTS_TIMEOUT, BENCH_TIMEOUT, ISNET_TIMEOUT and JOBS_TIMEOUT (seconds) bound each stage, so that a hang in one still
 # leaves the other's output and the logs (the device's time is short).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +67,15 @@ if [ "$STAGE" != tests ]; then
     isnet_rc=${PIPESTATUS[0]}
     cp bench/out/benchmark.json "$OUT/benchmark-isnet.json" 2>/dev/null || true
     bench_rc=$(( bench_rc || isnet_rc ))
+  fi
+  # `bgremove remove --jobs N` against one at a time on the GPU (the real U2NETP on the carried
+  # photos and parity images); JOBS_ARGS overrides, JOBS_ARGS=skip leaves it out.
+  JOBS_ARGS="${JOBS_ARGS:---device cuda --weights ../shared/models/u2netp/u2netp.pth --jobs 4,8 --rounds 2 ../shared/data/photos ../shared/data/parity/images}"
+  if [ "$JOBS_ARGS" != skip ]; then
+    # shellcheck disable=SC2086
+    timeout "${JOBS_TIMEOUT:-150}" "$PYTHON" bench/cli_jobs.py $JOBS_ARGS 2>&1 | tee "$OUT/gpu-cli-jobs.log"
+    jobs_rc=${PIPESTATUS[0]}
+    bench_rc=$(( bench_rc || jobs_rc ))
   fi
 fi
 echo "tests rc=$tests_rc benchmark rc=$bench_rc"

@@ -169,29 +169,45 @@ def _plan(inputs: list[str], output: Path | None, fmt: str) -> Plan:
     return plan
 
 
-def _remove_all(todo: Plan, remover, options, quiet: bool) -> int:
-    """Cut out every (source, destination) pair; returns how many failed (each says why)."""
+def _remove_all(todo: Plan, remover, options, quiet: bool, jobs: int = 1) -> int:
+    """Cut out every (source, destination) pair, `jobs` at a time; returns how many failed (each
+    says why, in the plan's order). Several at a time, one image decodes, is post-processed and
+    encoded while another is in the network (on a GPU they also share its batches); each holds
+    its image only while it is in hand, so memory grows with `jobs`, not with the plan."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
+    failed = 0
+    with tqdm(total=len(todo), unit="image", file=sys.stderr,
+              disable=quiet or len(todo) < 2) as bar, ThreadPoolExecutor(max(1, jobs)) as pool:
+        # map() hands the pairs to `jobs` threads and yields in order: the progress bar and the
+        # error lines come from this thread only.
+        for (src, _), problem in zip(todo, pool.map(lambda pair: _remove_one(*pair, remover, options),
+                                                    todo), strict=True):
+            bar.update()
+            if problem is not None:
+                failed += 1
+                bar.write(f"error: {src}: {problem}", file=sys.stderr)
+    return failed
+
+
+def _remove_one(src: Path | str, dst: Path | str, remover, options) -> str | None:
+    """Cut out one file (or stdin) into `dst` (or stdout); what went wrong, or None."""
     from .errors import ServiceError
 
-    failed = 0
-    bar = tqdm(todo, unit="image", file=sys.stderr, disable=quiet or len(todo) < 2)
-    for src, dst in bar:
-        try:
-            data = sys.stdin.buffer.read() if src == "-" else Path(src).read_bytes()
-            rendered = remover.process(data, options)
-            if dst == "-":
-                sys.stdout.buffer.write(rendered.data)
-                sys.stdout.buffer.flush()
-            else:
-                Path(dst).parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(Path(dst), rendered.data)
-        except (ServiceError, OSError) as exc:
-            failed += 1
-            message = exc.message if isinstance(exc, ServiceError) else exc.strerror or str(exc)
-            bar.write(f"error: {src}: {message}", file=sys.stderr)
-    return failed
+    try:
+        data = sys.stdin.buffer.read() if src == "-" else Path(src).read_bytes()
+        rendered = remover.process(data, options)
+        if dst == "-":
+            sys.stdout.buffer.write(rendered.data)
+            sys.stdout.buffer.flush()
+        else:
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(Path(dst), rendered.data)
+        return None
+    except (ServiceError, OSError) as exc:
+        return exc.message if isinstance(exc, ServiceError) else exc.strerror or str(exc)
 
 
 def _output_problem(inputs: list[str], output: Path | None) -> str | None:
@@ -202,6 +218,17 @@ def _output_problem(inputs: list[str], output: Path | None) -> str | None:
         return (f"{len(inputs)} inputs need an output folder, but -o {output} names a file; "
                 "give a folder (it is created) or a single input")
     return None
+
+
+def _jobs(text: str) -> int:
+    """--jobs: 1 to 32 (the service admits max_queue + max_batch images at once, 32 or more)."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if not 1 <= jobs <= 32:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 32, got {text!r}")
+    return jobs
 
 
 class UsageError(Exception):
@@ -252,7 +279,7 @@ def _cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     service = _load_service(settings, args.model, args.weights, images=len(todo))
     try:
-        failed = _remove_all(todo, service.remover, options, args.quiet)
+        failed = _remove_all(todo, service.remover, options, args.quiet, args.jobs)
     finally:
         service.close()
     if not args.quiet and len(plan) == 1 and not failed and plan[0][1] != "-":
@@ -366,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "a folder, stdout for stdin")
     _cut_out_options(rm)
     rm.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    rm.add_argument("--jobs", type=_jobs, default=min(4, os.cpu_count() or 1), metavar="N",
+                    help="images in hand at once, 1-32 (default: the CPU count, at most 4): one "
+                         "decodes and encodes while another is in the network")
     rm.add_argument("--quiet", action="store_true",
                     help="no progress bar or summary; warnings and errors only")
     rm.set_defaults(run=_cmd_remove)

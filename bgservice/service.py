@@ -128,7 +128,9 @@ def assemble_job(settings: Settings, images: int = 0, **changes) -> Service:
     # No synthetic warm-up passes: a job's first image costs what they would have (measured on
     # `bgremove remove` of one photo with U2NETP, median of six runs: 3.8 s with the default two
     # passes, 2.8 s without).
-    settings = settings.with_(**changes, more_models=(), warmup_runs=0)
+    # A job's images wait for room in the memory budget as long as it takes (an hour at most):
+    # no client times out, and `bgremove remove --jobs` holds several large images at once.
+    settings = settings.with_(**changes, more_models=(), warmup_runs=0, memory_wait_s=3600.0)
     if settings.precision == "auto" and images < SHORT_JOB_IMAGES:
         settings = settings.with_(precision="fp32")
     return assemble(settings, shared_root=False, background=False, warm_up_pipeline=False)

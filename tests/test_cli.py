@@ -51,18 +51,24 @@ def test_a_folder_recursively_keeping_the_tree_with_progress_and_skips(cli, tmp_
     for rel in ("a.jpg", "sub/b.png", "sub/deeper/c.jpg"):
         save_image(tmp_path / "in" / rel, photo(60, 40, seed=len(rel)))
     (tmp_path / "in" / "notes.txt").write_text("not an image, ignored")
-    done = cli("remove", tmp_path / "in", "-o", tmp_path / "out", "--mode", "soft")
+    done = cli("remove", tmp_path / "in", "-o", tmp_path / "out", "--mode", "soft", "--jobs", "1")
     assert done.returncode == 0, done.stderr.decode()
+    one_at_a_time = {}
     for rel in ("a.png", "sub/b.png", "sub/deeper/c.png"):
         assert Image.open(tmp_path / "out" / rel).mode == "RGBA"
+        one_at_a_time[rel] = np.asarray(Image.open(tmp_path / "out" / rel), np.int16)
     err = done.stderr.decode()
     assert "100%" in err and "3/3" in err and "3 done, 0 failed, 0 skipped" in err
     # everything is there: done without loading the model (weights that do not exist prove it)
     again = cli("remove", tmp_path / "in", "-o", tmp_path / "out",
                 U2NET_WEIGHTS=str(tmp_path / "absent.pth"))
     assert again.returncode == 0 and "0 done, 0 failed, 3 skipped" in again.stderr.decode()
-    forced = cli("remove", tmp_path / "in", "-o", tmp_path / "out", "--overwrite")
+    forced = cli("remove", tmp_path / "in", "-o", tmp_path / "out", "--overwrite", "--mode", "soft",
+                 "--jobs", "3")
     assert "3 done" in forced.stderr.decode()
+    for rel, before in one_at_a_time.items():  # three at a time: the same cut-outs
+        after = np.asarray(Image.open(tmp_path / "out" / rel), np.int16)
+        assert np.abs(after - before).max() <= 1, rel
 
 
 def test_several_inputs_and_an_output_that_names_a_file_exit_2(cli, tmp_path):
