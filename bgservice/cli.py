@@ -221,13 +221,16 @@ def _output_problem(inputs: list[str], output: Path | None) -> str | None:
 
 
 def _jobs(text: str) -> int:
-    """--jobs: 1 to 32 (the service admits max_queue + max_batch images at once, 32 or more)."""
+    """--jobs: 1 to MAX_JOB_IMAGES (a job's queue admits that many)."""
+    from .limits import MAX_JOB_IMAGES
+
     try:
         jobs = int(text)
     except ValueError:
         jobs = 0
-    if not 1 <= jobs <= 32:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 32, got {text!r}")
+    if not 1 <= jobs <= MAX_JOB_IMAGES:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_JOB_IMAGES}, "
+                                         f"got {text!r}")
     return jobs
 
 

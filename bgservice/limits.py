@@ -19,6 +19,9 @@ from contextlib import contextmanager
 from .errors import TooLarge, Unavailable
 
 _MB = 1 << 20
+# The most images a job (`bgremove remove --jobs`) holds at once; service.assemble_job makes its
+# queue admit as many.
+MAX_JOB_IMAGES = 32
 
 
 class Admission:

@@ -17,6 +17,7 @@ from u2net.runtime import ModelRuntime
 from GlobalVariables import Settings, SettingsError
 
 from . import telemetry
+from .limits import MAX_JOB_IMAGES
 from .paths import SharedRoot
 from .pipeline import BackgroundRemover
 
@@ -122,15 +123,17 @@ SHORT_JOB_IMAGES = 100
 
 
 def assemble_job(settings: Settings, images: int = 0, **changes) -> Service:
-    """One model, warm, with no shared root: for a command (`bgremove`) or the Python API.
-    `changes` go onto the settings (model, weights, device, precision); only the first model of
-    U2NET_MODELS is loaded; `images`: how many the job will process (SHORT_JOB_IMAGES)."""
+    """One model, loaded (its first image warms it up), with no shared root: for a command
+    (`bgremove`) or the Python API. `changes` go onto the settings (model, weights, device,
+    precision); only the first model of U2NET_MODELS is loaded; `images`: how many the job will
+    process (SHORT_JOB_IMAGES)."""
     # No synthetic warm-up passes: a job's first image costs what they would have (measured on
     # `bgremove remove` of one photo with U2NETP, median of six runs: 3.8 s with the default two
-    # passes, 2.8 s without).
-    # A job's images wait for room in the memory budget as long as it takes (an hour at most):
-    # no client times out, and `bgremove remove --jobs` holds several large images at once.
-    settings = settings.with_(**changes, more_models=(), warmup_runs=0, memory_wait_s=3600.0)
+    # passes, 2.8 s without). A job's images wait for room in the memory budget as long as it
+    # takes (an hour at most: no client times out), and a server's small U2NET_MAX_QUEUE does
+    # not refuse a job's own images (`bgremove remove --jobs`) as "busy".
+    settings = settings.with_(**changes, more_models=(), warmup_runs=0, memory_wait_s=3600.0,
+                              max_queue=max(settings.max_queue, MAX_JOB_IMAGES))
     if settings.precision == "auto" and images < SHORT_JOB_IMAGES:
         settings = settings.with_(precision="fp32")
     return assemble(settings, shared_root=False, background=False, warm_up_pipeline=False)
