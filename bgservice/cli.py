@@ -183,8 +183,8 @@ def _remove_all(todo: Plan, remover, options, quiet: bool, jobs: int = 1) -> int
               disable=quiet or len(todo) < 2) as bar, ThreadPoolExecutor(max(1, jobs)) as pool:
         # map() hands the pairs to `jobs` threads and yields in order: the progress bar and the
         # error lines come from this thread only.
-        for (src, _), problem in zip(todo, pool.map(lambda pair: _remove_one(*pair, remover, options),
-                                                    todo), strict=True):
+        problems = pool.map(lambda pair: _remove_one(pair[0], pair[1], remover, options), todo)
+        for (src, _), problem in zip(todo, problems, strict=True):
             bar.update()
             if problem is not None:
                 failed += 1
