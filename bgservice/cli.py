@@ -179,16 +179,23 @@ def _remove_all(todo: Plan, remover, options, quiet: bool, jobs: int = 1) -> int
     from tqdm import tqdm
 
     failed = 0
-    with tqdm(total=len(todo), unit="image", file=sys.stderr,
-              disable=quiet or len(todo) < 2) as bar, ThreadPoolExecutor(max(1, jobs)) as pool:
-        # map() hands the pairs to `jobs` threads and yields in order: the progress bar and the
-        # error lines come from this thread only.
-        problems = pool.map(lambda pair: _remove_one(pair[0], pair[1], remover, options), todo)
-        for (src, _), problem in zip(todo, problems, strict=True):
-            bar.update()
-            if problem is not None:
-                failed += 1
-                bar.write(f"error: {src}: {problem}", file=sys.stderr)
+    pool = ThreadPoolExecutor(max(1, jobs))
+    try:
+        with tqdm(total=len(todo), unit="image", file=sys.stderr,
+                  disable=quiet or len(todo) < 2) as bar:
+            # map() hands the pairs to `jobs` threads and yields in order: the progress bar and
+            # the error lines come from this thread only.
+            problems = pool.map(lambda pair: _remove_one(pair[0], pair[1], remover, options), todo)
+            for (src, _), problem in zip(todo, problems, strict=True):
+                bar.update()
+                if problem is not None:
+                    failed += 1
+                    bar.write(f"error: {src}: {problem}", file=sys.stderr)
+    finally:
+        # On Ctrl-C the images not yet started are dropped, those in hand finish (their writes
+        # are atomic). map() drops them itself when the interrupt comes while it waits; one that
+        # comes in the loop's body would otherwise leave a plain `with` finishing them all.
+        pool.shutdown(wait=True, cancel_futures=True)
     return failed
 
 
