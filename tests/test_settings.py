@@ -92,15 +92,16 @@ def test_the_settings_and_the_core_paths_do_not_load_torch():
 
 
 def test_commands_that_run_no_network_do_not_load_torch(tmp_path):
-    """`bgremove models`, `--help` and a bad setting answer without importing torch (two seconds
-    of the command's 2.3 s before, measured: 0.23 s now)."""
+    """`bgremove models`, `--help`, an unknown model and a bad setting answer without importing
+    torch (two seconds of the command's 2.3 s before, measured: 0.23 s now)."""
     import subprocess
     import sys
 
-    code = ("import contextlib, io, sys; from bgservice.cli import main\n"
-            "for argv in (['models'], ['--help'], ['download', 'no-such-model']):\n"
+    code = ("import contextlib, io, os, sys; from bgservice.cli import main\n"
+            "for argv in (['models'], ['--help'], ['download', 'no-such-model'], ['remove', 'a.png']):\n"
+            "    if argv[0] == 'remove': os.environ['U2NET_MAX_BATCH'] = 'lots'\n"
             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-            "        try: main(argv)\n"
+            "        try: assert main(argv) == (0 if argv == ['models'] else 2), argv\n"
             "        except SystemExit: pass\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
