@@ -20,15 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from bgservice import new_session
-from bgservice.cli import _remove_all
+from bgservice.cli import _plan, _remove_all
 from bgservice.library import _options
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-def images(folders: list[Path]) -> list[Path]:
-    return sorted(p for folder in folders for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
 
 
 def main() -> None:
@@ -43,16 +38,16 @@ def main() -> None:
     parser.add_argument("folders", nargs="*", type=Path,
                         default=[SHARED / "portraits" / "images", SHARED / "photos"])
     args = parser.parse_args()
-    paths = images(args.folders)
     settings = [1, *(int(n) for n in args.jobs.split(","))]
-    print(f"{len(paths)} images, {args.model} on {args.device}, {os.cpu_count()} CPUs, "
-          f"{args.rounds} rounds", flush=True)
     with new_session(args.model, weights=args.weights, device=args.device) as session, \
             tempfile.TemporaryDirectory() as out:
         remover = session._service.remover
         options = _options(session._service.settings.default_mode,
                            {"mode": args.mode} if args.mode else {})
-        todo = [(p, Path(out) / f"{i}.png") for i, p in enumerate(paths)]
+        # the command's own plan: every image under the folders, outputs kept in a temporary one
+        todo = _plan([str(f) for f in args.folders], Path(out), options.output_format)
+        print(f"{len(todo)} images, {args.model} on {args.device}, {os.cpu_count()} CPUs, "
+              f"{args.rounds} rounds", flush=True)
         _remove_all(todo[:2], remover, options, quiet=True)  # the first image warms the model
         times: dict[int, list[float]] = {n: [] for n in settings}
         for _ in range(args.rounds):
@@ -66,7 +61,7 @@ def main() -> None:
     print("| --jobs | median s | images/s | time vs 1 |\n|---|---|---|---|")
     for n in settings:
         median = float(np.median(times[n]))
-        print(f"| {n} | {median:.2f} | {len(paths) / median:.1f} | {median / base:.2f} |")
+        print(f"| {n} | {median:.2f} | {len(todo) / median:.1f} | {median / base:.2f} |")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from u2net.weights import default_weights_path, download
 from GlobalVariables import Settings, SettingsError, configure_logging, model_entry
 
 from .composites import ORIGINAL_BACKGROUNDS
+from .errors import ServiceError
 from .fields import BG_IMAGE_HELP, MODEL, OPTIONS
 
 log = logging.getLogger("u2net_service.cli")
@@ -201,8 +202,6 @@ def _remove_all(todo: Plan, remover, options, quiet: bool, jobs: int = 1) -> int
 
 def _remove_one(src: Path | str, dst: Path | str, remover, options) -> str | None:
     """Cut out one file (or stdin) into `dst` (or stdout); what went wrong, or None."""
-    from .errors import ServiceError
-
     try:
         data = sys.stdin.buffer.read() if src == "-" else Path(src).read_bytes()
         rendered = remover.process(data, options)
@@ -250,7 +249,6 @@ def _remove_options(args: argparse.Namespace, settings: Settings):
     same strings the upload endpoint takes); --bg-image decoded once for every input."""
     from dataclasses import replace
 
-    from .errors import ServiceError
     from .imageio import decode_image
     from .options import parse_options
 
