@@ -275,7 +275,9 @@ class ModelRuntime:
         racing the candidates, then, where the first forward of a shape is slow (cuDNN times its
         algorithms once per shape and thread in benchmark mode; torch.compile compiles once per
         shape), one forward of `x` at every batch size from 2 up to what the batcher can form, so
-        that no request pays."""
+        that no request pays. With warmup_runs 0 (every job: `bgremove`, library sessions) that
+        sweep is left out too: a batch size is tuned when it first occurs, and sizes a job never
+        forms are never tuned (on an H200 the sweep took 40 s for U2NET's 8 sizes)."""
         if self._rivals or getattr(self.predictor, "compiled", False):
             calibration = calibration_input(self.spec)  # made once: an FFT per channel
             self._first_forwards(calibration)
@@ -283,7 +285,8 @@ class ModelRuntime:
                 self._keep_fastest(calibration)
         # The race above may have swapped the predictor: ask the one that will serve.
         cuda = self.predictor.device.type == "cuda"
-        if cuda or getattr(self.predictor, "compiled", False):
+        sweep = self.options.warmup_runs > 0
+        if sweep and (cuda or getattr(self.predictor, "compiled", False)):
             for n in range(2, self.max_batch + 1):  # batch 1: warm-up's mask_for, next
                 self.predictor(np.stack([x] * n))
         if cuda:

@@ -4,9 +4,9 @@
 
 Loads the model once (as the command does), then cuts out the same images (default: the shared
 portraits and photos, read in place, outputs in a temporary folder) with the command's own loop,
-alternating one at a time and each N for `--rounds` rounds (a shared machine's speed drifts), and
-prints each setting's median seconds and images/s with its ratio to one at a time. Start-up is
-left out: it is the same for every N.
+alternating one at a time and each N for `--rounds` rounds (a shared machine's speed drifts) after
+an untimed round of each, and prints each setting's median seconds and images/s with its ratio to
+one at a time. Start-up is left out: it is the same for every N.
 """
 from __future__ import annotations
 
@@ -48,7 +48,10 @@ def main() -> None:
         todo = _plan([str(f) for f in args.folders], Path(out), options.output_format)
         print(f"{len(todo)} images, {args.model} on {args.device}, {os.cpu_count()} CPUs, "
               f"{args.rounds} rounds", flush=True)
-        _remove_all(todo[:2], remover, options, quiet=True)  # the first image warms the model
+        # An untimed round of each setting first: a job tunes each batch size when it first
+        # occurs (seconds a size on a GPU), which the timed rounds must not count.
+        for n in settings:
+            _remove_all(todo, remover, options, quiet=True, jobs=n)
         times: dict[int, list[float]] = {n: [] for n in settings}
         for _ in range(args.rounds):
             for n in settings:

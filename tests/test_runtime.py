@@ -170,6 +170,20 @@ def test_warm_up_runs_every_batch_size_on_the_thread_that_serves(random_weights)
         runtime.close()
 
 
+def test_without_warm_up_runs_no_batch_size_is_tuned_ahead(random_weights):
+    """A job (warmup_runs 0) leaves each batch size to its first batch: the compile (or race)
+    still runs, the sweep over sizes 2..max_batch does not."""
+    predictor = RecordingPredictor()
+    runtime = ModelRuntime(get_spec("u2netp"), random_weights, predictor,  # type: ignore[arg-type]
+                           RuntimeOptions(model="u2netp", max_batch=4, warmup_runs=0))
+    try:
+        runtime.start(background=False)
+        assert runtime.ready, runtime.error
+        assert predictor.calls == [(1, "u2net-batcher")]  # the first (compiling) forward only
+    finally:
+        runtime.close()
+
+
 @pytest.mark.parametrize("runs", [0, 2])
 def test_warm_up_makes_as_many_synthetic_passes_as_asked_none_for_zero(random_weights, runs):
     """U2NET_WARMUP_RUNS=0 (and every `bgremove` job) reports ready without a synthetic pass on an
