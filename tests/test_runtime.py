@@ -1,6 +1,7 @@
 """The runtime's own interface (u2net.runtime): its errors, its description, its calibration."""
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -152,36 +153,37 @@ class RecordingPredictor:
         return np.zeros((len(batch), *batch.shape[2:]), np.float32)
 
 
+@contextlib.contextmanager
+def warmed(weights, predictor, **options):
+    """A U2NETP runtime over `predictor`, warmed up in this thread (ready asserted), then closed."""
+    runtime = ModelRuntime(get_spec("u2netp"), weights, predictor,  # type: ignore[arg-type]
+                           RuntimeOptions(model="u2netp", **options))
+    try:
+        runtime.start(background=False)
+        assert runtime.ready, runtime.error
+        yield runtime
+    finally:
+        runtime.close()
+
+
 def test_warm_up_runs_every_batch_size_on_the_thread_that_serves(random_weights):
     """PyTorch keeps cuDNN's tuned plans per thread: warmed on another thread, each new batch size
     was tuned again in the batcher (2.8 s per size on an H200)."""
     predictor = RecordingPredictor()
-    runtime = ModelRuntime(get_spec("u2netp"), random_weights, predictor,  # type: ignore[arg-type]
-                           RuntimeOptions(model="u2netp", max_batch=4, warmup_runs=1))
-    try:
-        runtime.start(background=False)
-        assert runtime.ready, runtime.error
+    with warmed(random_weights, predictor, max_batch=4, warmup_runs=1) as runtime:
         assert {thread for _, thread in predictor.calls} == {"u2net-batcher"}, predictor.calls
         assert {size for size, _ in predictor.calls} == {1, 2, 3, 4}
         predictor.calls.clear()
         runtime.mask_for(np.zeros((40, 30, 3), np.uint8))
         assert predictor.calls == [(1, "u2net-batcher")]
-    finally:
-        runtime.close()
 
 
 def test_without_warm_up_runs_no_batch_size_is_tuned_ahead(random_weights):
     """A job (warmup_runs 0) leaves each batch size to its first batch: the compile (or race)
     still runs, the sweep over sizes 2..max_batch does not."""
     predictor = RecordingPredictor()
-    runtime = ModelRuntime(get_spec("u2netp"), random_weights, predictor,  # type: ignore[arg-type]
-                           RuntimeOptions(model="u2netp", max_batch=4, warmup_runs=0))
-    try:
-        runtime.start(background=False)
-        assert runtime.ready, runtime.error
+    with warmed(random_weights, predictor, max_batch=4, warmup_runs=0):
         assert predictor.calls == [(1, "u2net-batcher")]  # the first (compiling) forward only
-    finally:
-        runtime.close()
 
 
 @pytest.mark.parametrize("runs", [0, 2])
@@ -190,14 +192,8 @@ def test_warm_up_makes_as_many_synthetic_passes_as_asked_none_for_zero(random_we
     eager CPU network: the first image pays what the passes would have."""
     predictor = RecordingPredictor()
     predictor.compiled = False
-    runtime = ModelRuntime(get_spec("u2netp"), random_weights, predictor,  # type: ignore[arg-type]
-                           RuntimeOptions(model="u2netp", warmup_runs=runs))
-    try:
-        runtime.start(background=False)
-        assert runtime.ready, runtime.error
+    with warmed(random_weights, predictor, warmup_runs=runs):
         assert len(predictor.calls) == runs, predictor.calls
-    finally:
-        runtime.close()
 
 
 class LikeCompiled(torch.nn.Module):
